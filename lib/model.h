@@ -1,0 +1,71 @@
+/*
+ * model — a Hugging Face model directory (config.json, model.safetensors or
+ * shards + model.safetensors.index.json, tokenizer.json) loaded for inference,
+ * dispatched on config.model_type to an architecture (t5, llama/mistral/qwen2,
+ * gpt2). Weights are mmap'd; an adapter is applied unmerged.
+ *
+ * Sequences follow the Hugging Face loss conventions (see man/lora-eval.1):
+ * for T5, input = encoder ids (with </s>), target = labels (with </s>), the
+ * decoder is fed [decoder_start] + target[:-1]; for decoder-only models the
+ * model reads input ++ target and target[k] is scored by the row before it.
+ */
+#ifndef LORA_MODEL_H
+#define LORA_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "stream.h"
+#include "tok.h"
+
+struct lora_model;
+
+struct lora_model_info {
+	const char *model_type;	/* config.model_type */
+	bool encoder_decoder;
+	int vocab;
+	int bos, eos, pad, decoder_start;	/* -1 when the model has none */
+	int max_positions;	/* 0 = unlimited (T5's relative positions) */
+	size_t n_params;	/* base parameters */
+	size_t weight_bytes;	/* bytes of weights on disk */
+	size_t converted_bytes;	/* bytes allocated to hold f32 copies of f16/bf16 weights */
+};
+
+int lora_model_open(const char *dir, struct lora_model **out, struct lora_err *err);
+void lora_model_close(struct lora_model *m);
+const struct lora_model_info *lora_model_info(const struct lora_model *m);
+/* The model's tokenizer; valid until lora_model_close. */
+const struct lora_tok *lora_model_tok(const struct lora_model *m);
+
+/* Attach an adapter (NULL detaches). Every module must name a Linear weight
+ * of this model with the adapter's [out, in]; the first mismatch is reported
+ * with both shapes. The model keeps its own f32 copy of the factors. */
+int lora_model_set_adapter(struct lora_model *m, const struct lora_adapter *a,
+			   struct lora_err *err);
+
+struct lora_seq {
+	const int32_t *input;
+	size_t n_input;
+	const int32_t *target;
+	size_t n_target;
+};
+
+/* Negative log-likelihood of every target token of every sequence, written
+ * contiguously into nll (Σ n_target floats), computed in one batched pass. */
+int lora_model_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, float *nll,
+		   struct lora_err *err);
+
+/* Full logits of one sequence: T5 -> decoder rows 0..n_target-1;
+ * decoder-only -> every row of input ++ target. *logits is malloc'd
+ * [*rows, vocab]. */
+int lora_model_logits(struct lora_model *m, const struct lora_seq *seq, float **logits,
+		      size_t *rows, struct lora_err *err);
+
+/* Greedy decoding with a KV cache: up to max_new ids into out (which holds
+ * max_new); stops after EOS (EOS included, as Hugging Face's generate). */
+int lora_model_generate(struct lora_model *m, const int32_t *input, size_t n_input,
+			size_t max_new, int32_t *out, size_t *n_out, struct lora_err *err);
+
+#endif

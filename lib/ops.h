@@ -1,0 +1,57 @@
+/*
+ * ops — the numeric kernels every forward pass shares. All matrix products go
+ * through lora_matmul (OpenBLAS sgemm), with lora_matmul_naive kept for tests.
+ *
+ * Dimension vocabulary (used in every shape comment of the model code):
+ *   T   tokens in a (packed) batch        C   model width (d_model / hidden)
+ *   NH  query heads   NKV  key/value heads   HS  head size
+ *   F   feed-forward width                V   vocabulary size
+ *   R   LoRA rank
+ * Row-major everywhere; a weight W of a Linear is [out, in] (PyTorch layout).
+ */
+#ifndef LORA_OPS_H
+#define LORA_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* out[M,N] = beta*out + alpha * x[M,K] · W^T where W is [N,K] (w_trans = true,
+ * the Linear layout), or x[M,K] · W where W is [K,N] (w_trans = false, the
+ * GPT-2 Conv1D layout). */
+void lora_matmul(float *out, const float *x, const float *w, int M, int K, int N,
+		 bool w_trans, float alpha, float beta);
+void lora_matmul_naive(float *out, const float *x, const float *w, int M, int K, int N,
+		       bool w_trans, float alpha, float beta);
+
+/* A LoRA update applied unmerged: y += scale * (x · A^T) · B^T,
+ * A [R, in], B [out, R], both f32 (row-major). */
+struct lora_delta {
+	int r;
+	float scale;
+	const float *a;
+	const float *b;
+};
+
+/* y[T,out] = x[T,in] · W^T (+ bias) (+ each delta). W layout as lora_matmul's
+ * w_trans. scratch must hold T * max R floats. deltas may be NULL/0. */
+void lora_linear(float *y, const float *x, const float *w, bool w_trans, const float *bias,
+		 const struct lora_delta *deltas, int n_deltas, int T, int in, int out,
+		 float *scratch);
+
+/* x[T,C] -> out: RMSNorm with weight (T5 and Llama: no mean subtraction). */
+void lora_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps);
+/* LayerNorm with weight and bias (GPT-2). */
+void lora_layernorm(float *out, const float *x, const float *weight, const float *bias, int T,
+		    int C, float eps);
+/* In-place softmax over each row of x[rows, n]. */
+void lora_softmax_rows(float *x, int rows, int n);
+/* -log softmax(logits)[target] for one row of V logits (stable). */
+float lora_nll_row(const float *logits, int V, int target);
+/* Activations, in place over n floats. gelu_new is the tanh approximation. */
+void lora_gelu_tanh(float *x, size_t n);
+void lora_silu(float *x, size_t n);
+void lora_relu(float *x, size_t n);
+/* Index of the largest value (first on ties). */
+int lora_argmax(const float *x, int n);
+
+#endif

@@ -1,0 +1,28 @@
+/*
+ * peft — Hugging Face PEFT LoRA adapters on disk <-> struct lora_adapter.
+ *
+ * Reads adapter_config.json + adapter_model.safetensors (a directory, or the
+ * .safetensors path with the config beside it). Resolves rank_pattern and
+ * alpha_pattern per module, rslora, fan_in_fan_out (the packer transposes so
+ * every stream adapter means W' = W + s*B*A in the base's [out, in]
+ * orientation; meta keeps the original config so unpack restores PEFT's
+ * layout). Refuses DoRA, lora_bias and modules_to_save weights, naming the
+ * feature and the file.
+ */
+#ifndef LORA_PEFT_H
+#define LORA_PEFT_H
+
+#include "err.h"
+#include "stream.h"
+
+/* Read a PEFT adapter. name: the directory's base name unless the caller
+ * renames it. meta gets "config" (the adapter_config.json map) and "source"
+ * (the path). Fills *out (caller frees with lora_adapter_free). */
+int lora_peft_read(const char *path, struct lora_adapter *out, struct lora_err *err);
+
+/* Write dir/adapter_config.json and dir/adapter_model.safetensors so PEFT
+ * loads them. dir must not exist; it is created under a temporary name and
+ * renamed at the end, so no half-written directory is ever visible. */
+int lora_peft_write(const char *dir, const struct lora_adapter *a, struct lora_err *err);
+
+#endif

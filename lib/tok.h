@@ -1,0 +1,38 @@
+/*
+ * tok — tokenizers from a Hugging Face tokenizer.json: Unigram (T5,
+ * SentencePiece normalization via the precompiled charsmap) and BPE (byte-level
+ * GPT-2/Llama-3/Qwen; SentencePiece-style with byte fallback, Llama-2/Mistral).
+ * Ids equal the `tokenizers` library's on the same file.
+ */
+#ifndef LORA_TOK_H
+#define LORA_TOK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+struct lora_tok;
+
+/* Load dir/tokenizer.json (path may also be the file itself). */
+int lora_tok_open(const char *path, struct lora_tok **out, struct lora_err *err);
+void lora_tok_close(struct lora_tok *t);
+
+/* Encode UTF-8 text. add_special applies the post-processor (T5's trailing
+ * </s>, Llama's leading <s>). *ids is malloc'd (caller frees). Invalid UTF-8
+ * is an error (LORA_EFORMAT). */
+int lora_tok_encode(const struct lora_tok *t, const char *text, size_t len, bool add_special,
+		    int32_t **ids, size_t *n, struct lora_err *err);
+/* Decode ids to UTF-8 (malloc'd, NUL-terminated). skip_special drops special
+ * tokens. */
+int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
+		    char **text, struct lora_err *err);
+
+size_t lora_tok_vocab_size(const struct lora_tok *t);
+/* Id of a token string, or -1. */
+int32_t lora_tok_id(const struct lora_tok *t, const char *token);
+/* Token string of an id, or NULL. */
+const char *lora_tok_piece(const struct lora_tok *t, int32_t id);
+
+#endif
