@@ -98,14 +98,16 @@ install: tools
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
 	install -m 644 $(wildcard man/*.1) $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 $(wildcard man/*.5) $(DESTDIR)$(MANDIR)/man5/
-	for t in $(notdir $(TOOLS)); do install -m 644 completions/lorapipe.bash $(DESTDIR)$(BASHCOMPDIR)/$$t; done
-	install -m 644 completions/_lorapipe $(DESTDIR)$(ZSHCOMPDIR)/_lorapipe
+	for t in $(notdir $(TOOLS)); do \
+	  install -m 644 completions/$$t.bash $(DESTDIR)$(BASHCOMPDIR)/$$t; \
+	  install -m 644 completions/_$$t $(DESTDIR)$(ZSHCOMPDIR)/_$$t; done
 
 uninstall:
-	for t in $(notdir $(TOOLS)); do rm -f $(DESTDIR)$(BINDIR)/$$t $(DESTDIR)$(MANDIR)/man1/$$t.1 $(DESTDIR)$(BASHCOMPDIR)/$$t; done
-	rm -f $(DESTDIR)$(MANDIR)/man5/lora-stream.5 $(DESTDIR)$(ZSHCOMPDIR)/_lorapipe
+	for t in $(notdir $(TOOLS)); do rm -f $(DESTDIR)$(BINDIR)/$$t $(DESTDIR)$(MANDIR)/man1/$$t.1 \
+	  $(DESTDIR)$(BASHCOMPDIR)/$$t $(DESTDIR)$(ZSHCOMPDIR)/_$$t; done
+	rm -f $(DESTDIR)$(MANDIR)/man5/lora-stream.5
 
 clean:
-	rm -rf build build-san build-fuzz tests/tmp
+	rm -rf build build-san build-fuzz build-h* tests/tmp
 
 -include $(wildcard $(B)/*.d)
