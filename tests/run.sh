@@ -14,7 +14,7 @@ if [ -z "${LORA_SHARED:-}" ] && [ -d "$TOP/../shared/data" ]; then
 	LORA_SHARED=$(cd "$TOP/../shared/data" && pwd)
 fi
 export LORA_SHARED="${LORA_SHARED:-}"
-export LORA_TMP="${LORA_TMP:-$TOP/tests/tmp}"
+export LORA_TMP="${LORA_TMP:-$TOP/tests/tmp/$(basename "$LORA_BUILD")}"
 export LORA_NO_REEXEC=1 OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-2}
 export LC_ALL=C
 rm -rf "$LORA_TMP"
