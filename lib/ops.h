@@ -23,6 +23,15 @@ void lora_matmul(float *out, const float *x, const float *w, int M, int K, int N
 void lora_matmul_naive(float *out, const float *x, const float *w, int M, int K, int N,
 		       bool w_trans, float alpha, float beta);
 
+/* The one sgemm wrapper, with strides (row-major):
+ * c[M,N] = beta*c + alpha * op(a) · op(b), op(a) [M,K] (a stored [K,M] when
+ * ta), op(b) [K,N] (b stored [N,K] when tb); lda/ldb/ldc are row strides in
+ * floats. lora_matmul and every attention product go through it. */
+void lora_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *a, int lda,
+	       const float *b, int ldb, float beta, float *c, int ldc);
+/* exp over n floats, in place (vectorized; within 2 ulp of expf). */
+void lora_exp(float *x, size_t n);
+
 /* A LoRA update applied unmerged: y += scale * (x · A^T) · B^T,
  * A [R, in], B [out, R], both f32 (row-major). */
 struct lora_delta {

@@ -105,6 +105,11 @@ int lora_adapter_check(const struct lora_adapter *a, struct lora_err *err);
 /* Deep copy. */
 int lora_adapter_clone(struct lora_adapter *dst, const struct lora_adapter *src,
 		       struct lora_err *err);
+/* Convert every a and b tensor of a to dtype dt in place (f32 -> f16/bf16
+ * rounds to nearest even; NaN/Inf kept). 0 or LORA_ENOMEM. */
+int lora_adapter_convert(struct lora_adapter *a, enum lora_dtype dt, struct lora_err *err);
+/* Parameters (elements of every a and b) and their bytes. */
+void lora_adapter_size(const struct lora_adapter *a, uint64_t *params, uint64_t *bytes);
 /* Find a module by name (linear scan; NULL if absent). */
 const struct lora_module *lora_adapter_find(const struct lora_adapter *a, const char *module);
 
@@ -112,8 +117,12 @@ const struct lora_module *lora_adapter_find(const struct lora_adapter *a, const 
 
 struct lora_reader;
 
-/* Wrap f (not closed by the reader). `name` is used in messages: "-" or the
- * file name. Messages read "<name>: record N at byte B: what was wrong". */
+/* Wrap f (not closed by the reader). `name` is used in messages: the file
+ * name, or "-" (shown as "stdin"). Messages read
+ * "<name>: record N at byte B: what was wrong". After a framing error
+ * (garbage, truncation) every later call fails; after an invalid but
+ * well-framed record (bad shape, duplicate name) the next call goes on with
+ * the following record. */
 int lora_reader_open(FILE *f, const char *name, struct lora_reader **out, struct lora_err *err);
 /* Read the next record into *rec (which the caller frees with
  * lora_record_free). Returns 1 for a record, 0 at a clean end of stream, or a
@@ -129,7 +138,10 @@ void lora_reader_close(struct lora_reader *r);
 struct lora_writer;
 
 /* Wrap f (not closed). Each put writes one record and flushes f; a failed
- * write or flush (EPIPE, ENOSPC) returns LORA_EIO/LORA_EPIPE with a message. */
+ * write or flush (EPIPE, ENOSPC) returns LORA_EIO/LORA_EPIPE with the message
+ * "<name>: write error: <strerror>" ("-" is shown as "stdout"), and every
+ * later put fails the same way. put_adapter refuses (LORA_EINVAL) an adapter
+ * that lora_adapter_check refuses; put_weights one with a non-finite w. */
 int lora_writer_open(FILE *f, const char *name, struct lora_writer **out, struct lora_err *err);
 int lora_writer_put(struct lora_writer *w, const struct lora_record *rec, struct lora_err *err);
 int lora_writer_put_adapter(struct lora_writer *w, const struct lora_adapter *a, struct lora_err *err);

@@ -1,0 +1,11 @@
+#!/bin/sh
+# run.sh — the benchmarks (make bench). Each prints its own measurements and
+# the ratio against its reference, measured in the same run. One line each.
+TOP=$(cd "$(dirname "$0")/.." && pwd)
+: "${LORA_BUILD:=build}"
+case "$LORA_BUILD" in /*) ;; *) LORA_BUILD="$TOP/$LORA_BUILD" ;; esac
+export LORA_BUILD
+status=0
+"$LORA_BUILD"/bench/bench_merge || status=1	# svd merge vs dense LAPACK SVD (h6)
+"$TOP"/bench/bench_apply.sh || status=1	# lora-apply vs cp -r on a 1 GB model (h6)
+exit $status

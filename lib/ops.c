@@ -1,0 +1,341 @@
+/*
+ * ops — numeric kernels shared by the forward passes (see ops.h).
+ *
+ * Matrix products: lora_gemm is the only caller of cblas_sgemm; every other
+ * product (Linear layers, LoRA factors, attention) goes through it, so the
+ * threading model is OpenBLAS's own (pthreads, OPENBLAS_NUM_THREADS) and no
+ * second thread pool competes with it for the cores. The remaining kernels
+ * are O(T*C), or O(T^2) per head, and are written with GCC/Clang vector
+ * extensions (8 floats: AVX2 under -march=x86-64-v3) so that they vectorize
+ * at -O2 without -ffast-math: exp is a Cephes-style polynomial (about 2 ulp),
+ * reductions keep 8 partial sums in f32 as PyTorch's vectorized reductions do.
+ * Limits: sizes are int, as in BLAS; callers check them.
+ */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* Builds without -mavx (the fuzz build) pass these vectors in memory between
+ * the static helpers below, which is fine: nothing crosses a library ABI. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int v8i __attribute__((vector_size(32)));
+
+static inline v8f v_load(const float *p)
+{
+	v8f v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+static inline void v_store(float *p, v8f v)
+{
+	memcpy(p, &v, sizeof v);
+}
+
+static inline v8f v_set(float f)
+{
+	return (v8f){f, f, f, f, f, f, f, f};
+}
+
+static inline float v_hsum(v8f v)
+{
+	return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+static inline v8f v_select(v8i mask, v8f a, v8f b)
+{
+	v8i ai, bi, r;
+	memcpy(&ai, &a, sizeof ai);
+	memcpy(&bi, &b, sizeof bi);
+	r = (ai & mask) | (bi & ~mask);
+	v8f out;
+	memcpy(&out, &r, sizeof out);
+	return out;
+}
+
+static inline v8f v_max(v8f a, v8f b)
+{
+	return v_select(a > b, a, b);
+}
+
+static inline v8f v_min(v8f a, v8f b)
+{
+	return v_select(a < b, a, b);
+}
+
+static inline float v_hmax(v8f v)
+{
+	float m = v[0];
+	for (int i = 1; i < 8; i++)
+		m = v[i] > m ? v[i] : m;
+	return m;
+}
+
+/* exp(x) in 8 lanes: x = n·ln2 + r with |r| <= ln2/2, exp(r) by Cephes'
+ * degree-6 polynomial, 2^n applied as two exponent-field scalings so that the
+ * subnormal range and overflow come out right. Inputs are clamped to
+ * [-104, 89] first (exp is 0 / +Inf beyond); NaN stays NaN. */
+static inline v8f v_exp(v8f x)
+{
+	v8i nan = x != x;
+	v8f xc = v_min(v_max(x, v_set(-104.0f)), v_set(89.0f));
+	v8f t = xc * v_set(1.44269504088896341f) + v_set(12582912.0f);
+	v8f n = t - v_set(12582912.0f);
+	v8f r = xc - n * v_set(0.693359375f);
+	r = r - n * v_set(-2.12194440e-4f);
+	v8f y = v_set(1.9875691500e-4f);
+	y = y * r + v_set(1.3981999507e-3f);
+	y = y * r + v_set(8.3334519073e-3f);
+	y = y * r + v_set(4.1665795894e-2f);
+	y = y * r + v_set(1.6666665459e-1f);
+	y = y * r + v_set(5.0000001201e-1f);
+	y = y * r * r + r + v_set(1.0f);
+	v8i ni = __builtin_convertvector(n, v8i);
+	v8i n1 = ni >> 1, n2 = ni - n1;
+	v8i b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+	v8f s1, s2;
+	memcpy(&s1, &b1, sizeof s1);
+	memcpy(&s2, &b2, sizeof s2);
+	y = y * s1 * s2;
+	return v_select(nan, x, y);
+}
+
+/* Apply a lane function to n floats in place, with a padded tail. */
+#define V_MAP(x, n, expr_of_v)                                    \
+	do {                                                      \
+		size_t i_ = 0;                                    \
+		for (; i_ + 8 <= (n); i_ += 8) {                  \
+			v8f v = v_load((x) + i_);                 \
+			v_store((x) + i_, (expr_of_v));           \
+		}                                                 \
+		if (i_ < (n)) {                                   \
+			float tmp_[8] = {0};                      \
+			memcpy(tmp_, (x) + i_, ((n) - i_) * sizeof(float)); \
+			v8f v = v_load(tmp_);                     \
+			v_store(tmp_, (expr_of_v));               \
+			memcpy((x) + i_, tmp_, ((n) - i_) * sizeof(float)); \
+		}                                                 \
+	} while (0)
+
+void lora_exp(float *x, size_t n)
+{
+	V_MAP(x, n, v_exp(v));
+}
+
+void lora_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *a, int lda,
+	       const float *b, int ldb, float beta, float *c, int ldc)
+{
+	if (M <= 0 || N <= 0)
+		return;
+	if (K <= 0) {
+		for (int i = 0; i < M; i++)
+			for (int j = 0; j < N; j++)
+				c[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
+		return;
+	}
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+		    M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void lora_matmul(float *out, const float *x, const float *w, int M, int K, int N,
+		 bool w_trans, float alpha, float beta)
+{
+	lora_gemm(false, w_trans, M, N, K, alpha, x, K, w, w_trans ? K : N, beta, out, N);
+}
+
+void lora_matmul_naive(float *out, const float *x, const float *w, int M, int K, int N,
+		       bool w_trans, float alpha, float beta)
+{
+	for (int i = 0; i < M; i++)
+		for (int j = 0; j < N; j++) {
+			double s = 0;
+			for (int k = 0; k < K; k++) {
+				float wv = w_trans ? w[(size_t)j * K + k] : w[(size_t)k * N + j];
+				s += (double)x[(size_t)i * K + k] * wv;
+			}
+			float *o = &out[(size_t)i * N + j];
+			*o = (float)(alpha * s + (beta == 0 ? 0 : beta * *o));
+		}
+}
+
+void lora_linear(float *y, const float *x, const float *w, bool w_trans, const float *bias,
+		 const struct lora_delta *deltas, int n_deltas, int T, int in, int out,
+		 float *scratch)
+{
+	lora_matmul(y, x, w, T, in, out, w_trans, 1.0f, 0.0f);
+	if (bias)
+		for (int t = 0; t < T; t++) {
+			float *row = y + (size_t)t * out;
+			for (int j = 0; j < out; j++)
+				row[j] += bias[j];
+		}
+	for (int d = 0; d < n_deltas; d++) {
+		const struct lora_delta *dl = &deltas[d];
+		/* scratch[T,R] = x · A^T;  y += s · scratch · B^T */
+		lora_matmul(scratch, x, dl->a, T, in, dl->r, true, 1.0f, 0.0f);
+		lora_matmul(y, scratch, dl->b, T, dl->r, out, true, dl->scale, 1.0f);
+	}
+}
+
+static float sum_squares(const float *x, int C)
+{
+	v8f acc = v_set(0);
+	int i = 0;
+	for (; i + 8 <= C; i += 8) {
+		v8f v = v_load(x + i);
+		acc += v * v;
+	}
+	float s = v_hsum(acc);
+	for (; i < C; i++)
+		s += x[i] * x[i];
+	return s;
+}
+
+/* HF LlamaRMSNorm / T5LayerNorm: x * rsqrt(mean(x^2) + eps) * weight, in f32. */
+void lora_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps)
+{
+	for (int t = 0; t < T; t++) {
+		const float *xr = x + (size_t)t * C;
+		float *o = out + (size_t)t * C;
+		float inv = 1.0f / sqrtf(sum_squares(xr, C) / (float)C + eps);
+		for (int i = 0; i < C; i++)
+			o[i] = weight[i] * (xr[i] * inv);
+	}
+}
+
+/* torch.nn.LayerNorm: (x - mean) / sqrt(var + eps) * weight + bias, biased var. */
+void lora_layernorm(float *out, const float *x, const float *weight, const float *bias, int T,
+		    int C, float eps)
+{
+	for (int t = 0; t < T; t++) {
+		const float *xr = x + (size_t)t * C;
+		float *o = out + (size_t)t * C;
+		v8f acc = v_set(0);
+		int i = 0;
+		for (; i + 8 <= C; i += 8)
+			acc += v_load(xr + i);
+		float s = v_hsum(acc);
+		for (; i < C; i++)
+			s += xr[i];
+		float mean = s / (float)C;
+		acc = v_set(0);
+		v8f vm = v_set(mean);
+		for (i = 0; i + 8 <= C; i += 8) {
+			v8f d = v_load(xr + i) - vm;
+			acc += d * d;
+		}
+		float q = v_hsum(acc);
+		for (; i < C; i++)
+			q += (xr[i] - mean) * (xr[i] - mean);
+		float inv = 1.0f / sqrtf(q / (float)C + eps);
+		for (i = 0; i < C; i++)
+			o[i] = (xr[i] - mean) * inv * weight[i] + (bias ? bias[i] : 0.0f);
+	}
+}
+
+static float row_max(const float *x, int n)
+{
+	int i = 0;
+	float m = -INFINITY;
+	if (n >= 8) {
+		v8f vm = v_load(x);
+		for (i = 8; i + 8 <= n; i += 8)
+			vm = v_max(vm, v_load(x + i));
+		m = v_hmax(vm);
+	}
+	for (; i < n; i++)
+		m = x[i] > m ? x[i] : m;
+	return m;
+}
+
+/* exp(x - m) in place, returning the sum. */
+static float exp_shift_sum(float *x, int n, float m)
+{
+	v8f vm = v_set(m), acc = v_set(0);
+	int i = 0;
+	for (; i + 8 <= n; i += 8) {
+		v8f e = v_exp(v_load(x + i) - vm);
+		v_store(x + i, e);
+		acc += e;
+	}
+	float s = v_hsum(acc);
+	if (i < n) {
+		float tmp[8];
+		for (int k = 0; k < 8; k++)
+			tmp[k] = i + k < n ? x[i + k] - m : -INFINITY;
+		v8f e = v_exp(v_load(tmp));
+		v_store(tmp, e);
+		for (int k = 0; i + k < n; k++) {
+			x[i + k] = tmp[k];
+			s += tmp[k];
+		}
+	}
+	return s;
+}
+
+void lora_softmax_rows(float *x, int rows, int n)
+{
+	for (int r = 0; r < rows; r++) {
+		float *row = x + (size_t)r * n;
+		float m = row_max(row, n);
+		if (m == -INFINITY) {	/* fully masked row: all zero */
+			memset(row, 0, (size_t)n * sizeof *row);
+			continue;
+		}
+		float inv = 1.0f / exp_shift_sum(row, n, m);
+		v8f vi = v_set(inv);
+		V_MAP(row, (size_t)n, v * vi);
+	}
+}
+
+float lora_nll_row(const float *logits, int V, int target)
+{
+	float m = row_max(logits, V);
+	v8f vm = v_set(m), acc = v_set(0);
+	int i = 0;
+	for (; i + 8 <= V; i += 8)
+		acc += v_exp(v_load(logits + i) - vm);
+	double s = v_hsum(acc);
+	for (; i < V; i++)
+		s += expf(logits[i] - m);
+	return (float)((double)m + log(s) - (double)logits[target]);
+}
+
+/* gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), with
+ * tanh(u) = 1 - 2 / (exp(2u) + 1) (exact at both ends: exp gives 0 or Inf). */
+static inline v8f v_gelu(v8f x)
+{
+	v8f u = v_set(0.7978845608028654f) * (x + v_set(0.044715f) * x * x * x);
+	v8f th = v_set(1.0f) - v_set(2.0f) / (v_exp(u + u) + v_set(1.0f));
+	return v_set(0.5f) * x * (v_set(1.0f) + th);
+}
+
+void lora_gelu_tanh(float *x, size_t n)
+{
+	V_MAP(x, n, v_gelu(v));
+}
+
+/* silu(x) = x / (1 + exp(-x)) */
+void lora_silu(float *x, size_t n)
+{
+	V_MAP(x, n, v / (v_set(1.0f) + v_exp(-v)));
+}
+
+void lora_relu(float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+
+int lora_argmax(const float *x, int n)
+{
+	int best = 0;
+	for (int i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return best;
+}

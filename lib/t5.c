@@ -1,0 +1,948 @@
+/*
+ * t5 — the T5 encoder-decoder (T5 v1.0 and v1.1 / Flan-T5) forward passes:
+ * batched loss, logits of one sequence, and greedy decoding with a KV cache.
+ *
+ * It must match Hugging Face transformers' T5ForConditionalGeneration
+ * (modeling_t5.py, 4.36) in float32:
+ *   - pre-norm blocks, T5LayerNorm = RMS norm without mean subtraction,
+ *     variance in f32, eps = layer_norm_epsilon;
+ *   - attention without the 1/sqrt(d) scaling; a relative position bias
+ *     (relative_attention_num_buckets, relative_attention_max_distance) that
+ *     lives in block 0's self-attention of each stack and is added in every
+ *     layer; bidirectional buckets in the encoder, causal in the decoder; the
+ *     cross-attention has no position bias;
+ *   - feed_forward_proj "relu" (wi, wo) or "gated-gelu" (wi_0, wi_1, wo with
+ *     gelu_new = the tanh approximation); also the other forms HF accepts:
+ *     "[gated-]ACT" with ACT relu, gelu (erf), gelu_new, silu;
+ *   - one embedding shared.weight for both stacks (encoder/decoder
+ *     embed_tokens copies are used only when shared.weight is missing);
+ *   - tie_word_embeddings (default true, T5 v1.0): the decoder output is
+ *     multiplied by d_model**-0.5 and projected with shared.weight; untied
+ *     (v1.1/Flan): lm_head.weight, no rescale.
+ * No size is assumed: every dimension comes from config.json and is checked
+ * against the weights' shapes by lora_model_weight.
+ *
+ * Batching: the sequences of one call are packed (no padding) into one
+ * [T, C] matrix per stack, so every Linear is one sgemm over all tokens of
+ * all examples; attention runs per sequence and head. Packing gives the same
+ * numbers as Hugging Face's right-padded batch (its padding gets exactly zero
+ * attention weight). Very large calls are split into groups of sequences to
+ * bound the activation slab.
+ *
+ * Adapters: every q, k, v, o (SelfAttention, EncDecAttention), wi / wi_0 /
+ * wi_1 / wo and an untied lm_head is declared adaptable; their deltas are
+ * fetched from the model at each forward and applied unmerged by lora_linear.
+ *
+ * Dimension vocabulary (ops.h): T tokens, C d_model, NH heads, HS d_kv,
+ * D = NH*HS (attention inner width), F d_ff, V vocab, NB buckets.
+ */
+#include "arch.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum t5_actfn { ACT_RELU, ACT_GELU, ACT_GELU_NEW, ACT_SILU };
+
+/* An adaptable Linear: weight [out, in] and its name for adapter lookups. */
+struct t5_lin {
+	const float *w;
+	int out, in;
+	char name[112];	/* "<module>.weight" */
+};
+
+/* One block. Encoder blocks leave the cross-attention fields empty. */
+struct t5_block {
+	const float *ln_sa, *ln_ca, *ln_ff;	/* [C] */
+	struct t5_lin q, k, v, o;		/* self-attention: [D,C] x3, [C,D] */
+	struct t5_lin cq, ck, cv, co;		/* cross-attention (decoder) */
+	struct t5_lin wi, wi1, wo;		/* wi or wi_0 [F,C]; wi_1 [F,C] (gated); wo [C,F] */
+};
+
+struct t5 {
+	int C, NH, HS, D, F, V, NB, maxd, n_enc, n_dec;
+	float eps;
+	enum t5_actfn act;
+	bool gated, tied;
+	int eos, start;
+	const float *embed;		/* [V, C] shared.weight */
+	struct t5_lin head;		/* [V, C]: lm_head or shared.weight when tied */
+	const float *rel_enc, *rel_dec;	/* [NB, NH] relative_attention_bias */
+	const float *ln_enc, *ln_dec;	/* [C] final layer norms */
+	struct t5_block *enc, *dec;
+	float *slab;			/* activations, kept between calls (see get_slab) */
+	size_t slab_floats;
+};
+
+/* ------------------------------------------------------------------ */
+/* config and weights */
+
+/* Config readers; cfg_name is "DIR/config.json", for messages. */
+
+/* An int member with a default; JSON null counts as absent. */
+static int cfg_int(const struct lora_doc *cfg, const char *cfg_name, const char *key, int64_t def,
+		   int64_t lo, int64_t hi, int *out, struct lora_err *err)
+{
+	int64_t v = def;
+	const struct lora_doc *n = lora_doc_get(cfg, key);
+	if (n && n->type != LORA_DOC_NULL) {
+		int rc = lora_doc_get_int(cfg, key, cfg_name, &v, err);
+		if (rc < 0)
+			return rc;
+	}
+	if (v < lo || v > hi)
+		return lora_errf(err, LORA_EINVAL, "%s: '%s' is %lld, expected %lld..%lld",
+				 cfg_name, key, (long long)v, (long long)lo, (long long)hi);
+	*out = (int)v;
+	return 0;
+}
+
+/* A token id that may also be written as a list (first element) or null. */
+static int cfg_token(const struct lora_doc *cfg, const char *cfg_name, const char *key, int def,
+		     int V, int *out, struct lora_err *err)
+{
+	const struct lora_doc *n = lora_doc_get(cfg, key);
+	int64_t v = def;
+	if (n && n->type == LORA_DOC_ARRAY && n->u.arr.n > 0)
+		n = &n->u.arr.items[0];
+	if (n && n->type == LORA_DOC_INT)
+		v = n->u.i;
+	else if (n && n->type != LORA_DOC_NULL && n->type != LORA_DOC_ARRAY)
+		return lora_errf(err, LORA_EFORMAT, "%s:%d:%d: '%s' must be an int", cfg_name,
+				 n->line, n->col, key);
+	if (v < -1 || v >= V)
+		return lora_errf(err, LORA_EINVAL, "%s: '%s' is %lld, outside the vocabulary of %d",
+				 cfg_name, key, (long long)v, V);
+	*out = (int)v;
+	return 0;
+}
+
+/* feed_forward_proj as HF's T5Config parses it: "[gated-]ACT"; "gated-gelu"
+ * means gelu_new. */
+static int parse_ffn(struct t5 *t, const char *cfg_name, const char *s, struct lora_err *err)
+{
+	const char *act = s;
+	t->gated = false;
+	if (strncmp(s, "gated-", 6) == 0) {
+		t->gated = true;
+		act = s + 6;
+	}
+	if (strcmp(act, "relu") == 0)
+		t->act = ACT_RELU;
+	else if (strcmp(act, "gelu") == 0)
+		t->act = t->gated ? ACT_GELU_NEW : ACT_GELU;
+	else if (strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0)
+		t->act = ACT_GELU_NEW;
+	else if (strcmp(act, "silu") == 0 || strcmp(act, "swish") == 0)
+		t->act = ACT_SILU;
+	else
+		return lora_errf(err, LORA_EUNSUPPORTED,
+				 "%s: unsupported feed_forward_proj '%s' (expected relu, gated-gelu "
+				 "or [gated-]relu/gelu/gelu_new/silu)", cfg_name, s);
+	return 0;
+}
+
+static int read_config(struct t5 *t, const struct lora_doc *cfg, const char *cfg_name,
+		       struct lora_err *err)
+{
+	const int big = 1 << 20;
+	int rc, nd = -1;
+	if ((rc = cfg_int(cfg, cfg_name, "vocab_size", 32128, 1, 1 << 24, &t->V, err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "d_model", 512, 1, big, &t->C, err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "d_kv", 64, 1, big, &t->HS, err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "num_heads", 8, 1, 4096, &t->NH, err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "d_ff", 2048, 1, big, &t->F, err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "num_layers", 6, 1, 4096, &t->n_enc, err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "num_decoder_layers", -1, -1, 4096, &nd, err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "relative_attention_num_buckets", 32, 4, 1 << 16, &t->NB,
+			  err)) < 0 ||
+	    (rc = cfg_int(cfg, cfg_name, "relative_attention_max_distance", 128, 1, 1 << 30,
+			  &t->maxd, err)) < 0)
+		return rc;
+	t->n_dec = nd < 0 ? t->n_enc : nd;
+	if (t->n_dec < 1)
+		return lora_errf(err, LORA_EINVAL, "%s: 'num_decoder_layers' must be at least 1",
+				 cfg_name);
+	if ((int64_t)t->NH * t->HS > big)
+		return lora_errf(err, LORA_EINVAL, "%s: num_heads * d_kv is too large", cfg_name);
+	t->D = t->NH * t->HS;
+	/* The causal buckets divide by log(max_distance / (num_buckets / 2)). */
+	if (t->maxd <= t->NB / 2)
+		return lora_errf(err, LORA_EINVAL,
+				 "%s: 'relative_attention_max_distance' (%d) must exceed half of "
+				 "'relative_attention_num_buckets' (%d)", cfg_name, t->maxd, t->NB);
+	double eps = 1e-6;
+	rc = lora_doc_get_double(cfg, "layer_norm_epsilon", cfg_name, &eps, err);
+	if (rc < 0 && rc != LORA_ENOTFOUND)
+		return rc;
+	if (!(eps >= 0 && eps < 1))
+		return lora_errf(err, LORA_EINVAL, "%s: 'layer_norm_epsilon' is %g", cfg_name, eps);
+	t->eps = (float)eps;
+	const char *ffp = "relu";
+	rc = lora_doc_get_string(cfg, "feed_forward_proj", cfg_name, &ffp, err);
+	if (rc < 0 && rc != LORA_ENOTFOUND)
+		return rc;
+	if ((rc = parse_ffn(t, cfg_name, ffp, err)) < 0)
+		return rc;
+	t->tied = true;
+	rc = lora_doc_get_bool(cfg, "tie_word_embeddings", cfg_name, &t->tied, err);
+	if (rc < 0 && rc != LORA_ENOTFOUND)
+		return rc;
+	int pad;
+	if ((rc = cfg_token(cfg, cfg_name, "eos_token_id", 1, t->V, &t->eos, err)) < 0 ||
+	    (rc = cfg_token(cfg, cfg_name, "pad_token_id", 0, t->V, &pad, err)) < 0 ||
+	    (rc = cfg_token(cfg, cfg_name, "decoder_start_token_id", pad, t->V, &t->start, err)) < 0)
+		return rc;
+	if (t->start < 0)
+		return lora_errf(err, LORA_EINVAL, "%s: no decoder_start_token_id or pad_token_id",
+				 cfg_name);
+	return 0;
+}
+
+/* The loader's bookkeeping: the model and a running parameter count. */
+struct t5_loader {
+	struct lora_model *m;
+	size_t n_params;
+	struct lora_err *err;
+};
+
+__attribute__((format(printf, 5, 6)))
+static int get_w(struct t5_loader *L, const float **out, int64_t rows, int64_t cols,
+		 const char *fmt, ...)
+{
+	char name[160];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(name, sizeof name, fmt, ap);
+	va_end(ap);
+	*out = lora_model_weight(L->m, name, rows, cols, L->err);
+	if (!*out)
+		return L->err && L->err->code < 0 ? L->err->code : LORA_ENOTFOUND;
+	L->n_params += (size_t)rows * (size_t)(cols ? cols : 1);
+	return 0;
+}
+
+__attribute__((format(printf, 5, 6)))
+static int get_lin(struct t5_loader *L, struct t5_lin *l, int out, int in, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(l->name, sizeof l->name - 7, fmt, ap);
+	va_end(ap);
+	strcat(l->name, ".weight");
+	l->out = out;
+	l->in = in;
+	int rc = get_w(L, &l->w, out, in, "%s", l->name);
+	if (rc < 0)
+		return rc;
+	return lora_model_declare_linear(L->m, l->name, out, in, false, L->err);
+}
+
+static int load_block(struct t5_loader *L, const struct t5 *t, struct t5_block *b,
+		      const char *stack, int i, bool dec)
+{
+	int rc, C = t->C, D = t->D, F = t->F;
+	int ff = dec ? 2 : 1;
+	if ((rc = get_w(L, &b->ln_sa, C, 0, "%s.block.%d.layer.0.layer_norm.weight", stack, i)) < 0 ||
+	    (rc = get_lin(L, &b->q, D, C, "%s.block.%d.layer.0.SelfAttention.q", stack, i)) < 0 ||
+	    (rc = get_lin(L, &b->k, D, C, "%s.block.%d.layer.0.SelfAttention.k", stack, i)) < 0 ||
+	    (rc = get_lin(L, &b->v, D, C, "%s.block.%d.layer.0.SelfAttention.v", stack, i)) < 0 ||
+	    (rc = get_lin(L, &b->o, C, D, "%s.block.%d.layer.0.SelfAttention.o", stack, i)) < 0)
+		return rc;
+	if (dec &&
+	    ((rc = get_w(L, &b->ln_ca, C, 0, "%s.block.%d.layer.1.layer_norm.weight", stack, i)) < 0 ||
+	     (rc = get_lin(L, &b->cq, D, C, "%s.block.%d.layer.1.EncDecAttention.q", stack, i)) < 0 ||
+	     (rc = get_lin(L, &b->ck, D, C, "%s.block.%d.layer.1.EncDecAttention.k", stack, i)) < 0 ||
+	     (rc = get_lin(L, &b->cv, D, C, "%s.block.%d.layer.1.EncDecAttention.v", stack, i)) < 0 ||
+	     (rc = get_lin(L, &b->co, C, D, "%s.block.%d.layer.1.EncDecAttention.o", stack, i)) < 0))
+		return rc;
+	if ((rc = get_w(L, &b->ln_ff, C, 0, "%s.block.%d.layer.%d.layer_norm.weight", stack, i, ff)) < 0)
+		return rc;
+	if (t->gated) {
+		if ((rc = get_lin(L, &b->wi, F, C, "%s.block.%d.layer.%d.DenseReluDense.wi_0", stack, i, ff)) < 0 ||
+		    (rc = get_lin(L, &b->wi1, F, C, "%s.block.%d.layer.%d.DenseReluDense.wi_1", stack, i, ff)) < 0)
+			return rc;
+	} else if ((rc = get_lin(L, &b->wi, F, C, "%s.block.%d.layer.%d.DenseReluDense.wi", stack, i, ff)) < 0) {
+		return rc;
+	}
+	return get_lin(L, &b->wo, C, F, "%s.block.%d.layer.%d.DenseReluDense.wo", stack, i, ff);
+}
+
+static void t5_state_free(struct t5 *t)
+{
+	if (!t)
+		return;
+	free(t->enc);
+	free(t->dec);
+	free(t->slab);
+	free(t);
+}
+
+static int t5_load(struct lora_model *m, struct lora_err *err)
+{
+	struct lora_model_core *core = lora_model_core(m);
+	struct t5 *t = calloc(1, sizeof *t);
+	if (!t)
+		return lora_errf(err, LORA_ENOMEM, "out of memory");
+	char cfg_name[4096];
+	snprintf(cfg_name, sizeof cfg_name, "%s/config.json", core->dir ? core->dir : ".");
+	int rc = read_config(t, core->config, cfg_name, err);
+	if (rc < 0)
+		goto fail;
+	t->enc = calloc((size_t)t->n_enc, sizeof *t->enc);
+	t->dec = calloc((size_t)t->n_dec, sizeof *t->dec);
+	if (!t->enc || !t->dec) {
+		rc = lora_errf(err, LORA_ENOMEM, "out of memory");
+		goto fail;
+	}
+	struct t5_loader L = { m, 0, err };
+	/* save_pretrained keeps shared.weight and drops the tied copies; older
+	 * checkpoints may hold only a stack's embed_tokens. */
+	const char *emb = "shared.weight";
+	if (!lora_model_has_weight(m, emb)) {
+		if (lora_model_has_weight(m, "encoder.embed_tokens.weight"))
+			emb = "encoder.embed_tokens.weight";
+		else if (lora_model_has_weight(m, "decoder.embed_tokens.weight"))
+			emb = "decoder.embed_tokens.weight";
+	}
+	if ((rc = get_w(&L, &t->embed, t->V, t->C, "%s", emb)) < 0)
+		goto fail;
+	if (t->tied) {
+		t->head.w = t->embed;
+		t->head.out = t->V;
+		t->head.in = t->C;
+		t->head.name[0] = '\0';	/* an embedding is not an adaptable Linear */
+	} else if ((rc = get_lin(&L, &t->head, t->V, t->C, "lm_head")) < 0) {
+		goto fail;
+	}
+#define RB "%s.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+	if ((rc = get_w(&L, &t->rel_enc, t->NB, t->NH, RB, "encoder")) < 0 ||
+	    (rc = get_w(&L, &t->rel_dec, t->NB, t->NH, RB, "decoder")) < 0 ||
+	    (rc = get_w(&L, &t->ln_enc, t->C, 0, "encoder.final_layer_norm.weight")) < 0 ||
+	    (rc = get_w(&L, &t->ln_dec, t->C, 0, "decoder.final_layer_norm.weight")) < 0)
+		goto fail;
+#undef RB
+	for (int i = 0; i < t->n_enc; i++)
+		if ((rc = load_block(&L, t, &t->enc[i], "encoder", i, false)) < 0)
+			goto fail;
+	for (int i = 0; i < t->n_dec; i++)
+		if ((rc = load_block(&L, t, &t->dec[i], "decoder", i, true)) < 0)
+			goto fail;
+	core->info.model_type = "t5";
+	core->info.encoder_decoder = true;
+	core->info.vocab = t->V;
+	core->info.bos = -1;
+	core->info.eos = t->eos;
+	core->info.decoder_start = t->start;
+	core->info.max_positions = 0;
+	core->info.n_params = L.n_params;
+	int pad = 0;
+	if (cfg_token(core->config, cfg_name, "pad_token_id", 0, t->V, &pad, NULL) == 0)
+		core->info.pad = pad;
+	core->arch_state = t;
+	return 0;
+fail:
+	t5_state_free(t);
+	return rc;
+}
+
+static void t5_free(struct lora_model *m)
+{
+	struct lora_model_core *core = lora_model_core(m);
+	t5_state_free(core->arch_state);
+	core->arch_state = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* kernels */
+
+/* HF T5Attention._relative_position_bucket for one relative position
+ * (memory - query), computed in float32 as PyTorch does so that the
+ * truncation at bucket edges agrees. */
+static int rel_bucket(int rel, bool bidirectional, int nb, int maxd)
+{
+	int b = 0;
+	if (bidirectional) {
+		nb /= 2;
+		if (rel > 0)
+			b += nb;
+		rel = rel < 0 ? -rel : rel;
+	} else {
+		rel = rel < 0 ? -rel : 0;
+	}
+	int max_exact = nb / 2;
+	if (rel < max_exact)
+		return b + rel;
+	float v = logf((float)rel / (float)max_exact) / (float)log((double)maxd / max_exact) *
+		  (float)(nb - max_exact);
+	long large = max_exact + (long)v;
+	if (large > nb - 1)
+		large = nb - 1;
+	return b + (int)large;
+}
+
+/* pb[NH, nq + nk - 1]: the bias of head h for relative distance
+ * d = key - query in [-(nq-1), nk-1] is pb[h * (nq+nk-1) + (nq-1) + d].
+ * rel [NB, NH] is the relative_attention_bias weight. */
+static void position_bias(float *pb, const struct t5 *t, const float *rel, bool bidirectional,
+			  int nq, int nk)
+{
+	int W = nq + nk - 1;
+	for (int d = -(nq - 1); d < nk; d++) {
+		int bucket = rel_bucket(d, bidirectional, t->NB, t->maxd);
+		for (int h = 0; h < t->NH; h++)
+			pb[(size_t)h * W + (nq - 1) + d] = rel[(size_t)bucket * t->NH + h];
+	}
+}
+
+/* Attention of one sequence, every head (T5Attention, no 1/sqrt(d) scaling):
+ *   out[i, h*HS..] = softmax_j(q_i,h · k_j,h + bias_h(j - (q0 + i))) · v_j,h
+ * q [nq, D], k and v [nk, D], out [nq, D]: token-major rows of stride D, head
+ * h in columns h*HS..h*HS+HS-1. q0 is the absolute position of query 0 (keys
+ * start at 0). pb: see position_bias (pw its row width, pz the index of
+ * distance 0), or NULL for no bias (cross-attention). causal: query i sees
+ * keys j <= q0 + i only (HF adds finfo.min to the others: weight exactly 0).
+ * S [nq, nk] is scratch. Softmax in f32 as HF does (scores.float()). */
+static void attend(float *out, const float *q, const float *k, const float *v, int D, int nq,
+		   int nk, int q0, const float *pb, int pw, int pz, bool causal, int NH, int HS,
+		   float *S)
+{
+	for (int h = 0; h < NH; h++) {
+		size_t c = (size_t)h * HS;
+		lora_gemm(false, true, nq, nk, HS, 1.0f, q + c, D, k + c, D, 0.0f, S, nk);
+		for (int i = 0; i < nq; i++) {
+			float *s = S + (size_t)i * nk;
+			int lim = causal ? (q0 + i + 1 < nk ? q0 + i + 1 : nk) : nk;
+			if (pb) {
+				const float *b = pb + (size_t)h * pw + pz - (q0 + i);
+				for (int j = 0; j < lim; j++)
+					s[j] += b[j];
+			}
+			lora_softmax_rows(s, 1, lim);
+			for (int j = lim; j < nk; j++)
+				s[j] = 0.0f;
+		}
+		lora_gemm(false, false, nq, HS, nk, 1.0f, S, nk, v + c, D, 0.0f, out + c, D);
+	}
+}
+
+/* The exact (erf) GELU, HF's "gelu". */
+static void gelu_erf(float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+static void activate(enum t5_actfn act, float *x, size_t n)
+{
+	switch (act) {
+	case ACT_RELU: lora_relu(x, n); break;
+	case ACT_GELU: gelu_erf(x, n); break;
+	case ACT_GELU_NEW: lora_gelu_tanh(x, n); break;
+	case ACT_SILU: lora_silu(x, n); break;
+	}
+}
+
+static void add_into(float *x, const float *y, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] += y[i];
+}
+
+/* ------------------------------------------------------------------ */
+/* activations */
+
+/* Sizes of one batched forward: Te/Td packed encoder/decoder rows, Le/Ld the
+ * longest input/target, R the largest adapter rank, HC head rows per chunk. */
+struct t5_shape {
+	int Te, Td, Le, Ld, R, HC;
+};
+
+/* The activation slab of one call, carved into named views. Tx = max(Te, Td). */
+struct t5_act {
+	float *x;	/* [Tx, C]  residual stream */
+	float *xn;	/* [Tx, C]  layer-normed input of a sub-layer */
+	float *y;	/* [Tx, C]  a sub-layer's output before the residual add */
+	float *enc;	/* [Te, C]  encoder output (after the final norm) */
+	float *q, *k, *v;	/* [Tx, D]  projections (heads side by side) */
+	float *att;	/* [Tx, D]  attention output before o */
+	float *f0, *f1;	/* [Tx, F]  feed-forward hidden (wi / wi_0, wi_1) */
+	float *pb;	/* [NH, 2*max(Le,Ld)-1]  relative position bias by distance */
+	float *S;	/* [max(Le,Ld), max(Le,Ld)]  attention scores of one head */
+	float *lr;	/* [Tx, R]  LoRA scratch (x · A^T) */
+	float *logits;	/* [HC, V]  a chunk of head rows */
+};
+
+static size_t round16(size_t n)
+{
+	return (n + 15) & ~(size_t)15;
+}
+
+/* Lay the views out from base (NULL: only measure); returns floats needed. */
+static size_t act_layout(struct t5_act *a, float *base, const struct t5 *t, const struct t5_shape *s)
+{
+	size_t off = 0;
+	size_t Tx = (size_t)(s->Te > s->Td ? s->Te : s->Td);
+	size_t L = (size_t)(s->Le > s->Ld ? s->Le : s->Ld);
+	size_t C = (size_t)t->C, D = (size_t)t->D, F = (size_t)t->F;
+#define VIEW(field, n) (a->field = base ? base + off : NULL, off += round16(n))
+	VIEW(x, Tx * C);
+	VIEW(xn, Tx * C);
+	VIEW(y, Tx * C);
+	VIEW(enc, (size_t)s->Te * C);
+	VIEW(q, Tx * D);
+	VIEW(k, Tx * D);
+	VIEW(v, Tx * D);
+	VIEW(att, Tx * D);
+	VIEW(f0, Tx * F);
+	VIEW(f1, t->gated ? Tx * F : 0);
+	VIEW(pb, (size_t)t->NH * (2 * L - 1));
+	VIEW(S, L * L);
+	VIEW(lr, Tx * (size_t)(s->R > 0 ? s->R : 1));
+	VIEW(logits, (size_t)s->HC * (size_t)t->V);
+#undef VIEW
+	return off;
+}
+
+/* The activation slab of a call: the model keeps the largest one so far, so
+ * that a LoraHub step (the same shapes again and again) does not map fresh
+ * pages, which the kernel would fault in and zero on every call. This is also
+ * why one model must not run two forwards at once. */
+static float *get_slab(struct t5 *t, size_t floats)
+{
+	if (floats <= t->slab_floats)
+		return t->slab;
+	free(t->slab);
+	t->slab_floats = 0;
+	size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+	if (!(t->slab = aligned_alloc(64, bytes)))
+		return NULL;
+	t->slab_floats = floats;
+	return t->slab;
+}
+
+/* A forward in progress: the model, its state and the views. */
+struct t5_run {
+	struct lora_model *m;
+	const struct t5 *t;
+	struct t5_act a;
+};
+
+/* y[T, out] = x[T, in] · W^T + the adapter's deltas on this weight. */
+static void lin(struct t5_run *r, const struct t5_lin *l, float *y, const float *x, int T)
+{
+	int n = 0;
+	const struct lora_delta *d = l->name[0] ? lora_model_deltas(r->m, l->name, &n) : NULL;
+	lora_linear(y, x, l->w, true, NULL, d, n, T, l->in, l->out, r->a.lr);
+}
+
+static int lin_rank(const struct lora_model *m, const struct t5_lin *l)
+{
+	int n = 0, R = 0;
+	const struct lora_delta *d = l->name[0] ? lora_model_deltas(m, l->name, &n) : NULL;
+	for (int i = 0; i < n; i++)
+		if (d[i].r > R)
+			R = d[i].r;
+	return R;
+}
+
+/* The largest adapter rank on any weight (sizes the LoRA scratch). */
+static int max_rank(const struct lora_model *m, const struct t5 *t)
+{
+	int R = lin_rank(m, &t->head);
+	for (int i = 0; i < t->n_enc + t->n_dec; i++) {
+		const struct t5_block *b = i < t->n_enc ? &t->enc[i] : &t->dec[i - t->n_enc];
+		const struct t5_lin *l[] = { &b->q, &b->k, &b->v, &b->o, &b->cq, &b->ck,
+					     &b->cv, &b->co, &b->wi, &b->wi1, &b->wo };
+		for (int k = 0; k < 11; k++) {
+			int rk = l[k]->w ? lin_rank(m, l[k]) : 0;
+			if (rk > R)
+				R = rk;
+		}
+	}
+	return R;
+}
+
+/* y[T, C] = the feed-forward sub-layer (T5DenseActDense / T5DenseGatedActDense)
+ * of xn[T, C]:  wo(act(wi(x)))  or  wo(act(wi_0(x)) * wi_1(x)). */
+static void ffn(struct t5_run *r, const struct t5_block *b, float *y, const float *xn, int T)
+{
+	const struct t5 *t = r->t;
+	size_t n = (size_t)T * t->F;
+	lin(r, &b->wi, r->a.f0, xn, T);
+	activate(t->act, r->a.f0, n);
+	if (t->gated) {
+		lin(r, &b->wi1, r->a.f1, xn, T);
+		for (size_t i = 0; i < n; i++)
+			r->a.f0[i] *= r->a.f1[i];
+	}
+	lin(r, &b->wo, y, r->a.f0, T);
+}
+
+/* A batch of sequences packed row after row. */
+struct t5_batch {
+	const struct lora_seq *seqs;
+	int n;
+	int *eo, *dof;	/* [n] first encoder / decoder row of each sequence */
+};
+
+/* The encoder over the packed inputs: a.enc[Te, C] = final_norm(blocks(embed)). */
+static void encode(struct t5_run *r, const struct t5_batch *bt, const struct t5_shape *s)
+{
+	const struct t5 *t = r->t;
+	struct t5_act *a = &r->a;
+	int T = s->Te, C = t->C, D = t->D, HS = t->HS;
+	for (int e = 0; e < bt->n; e++)
+		for (size_t i = 0; i < bt->seqs[e].n_input; i++)
+			memcpy(a->x + (size_t)(bt->eo[e] + (int)i) * C,
+			       t->embed + (size_t)bt->seqs[e].input[i] * C, (size_t)C * sizeof(float));
+	for (int l = 0; l < t->n_enc; l++) {
+		const struct t5_block *b = &t->enc[l];
+		lora_rmsnorm(a->xn, a->x, b->ln_sa, T, C, t->eps);
+		lin(r, &b->q, a->q, a->xn, T);
+		lin(r, &b->k, a->k, a->xn, T);
+		lin(r, &b->v, a->v, a->xn, T);
+		for (int e = 0; e < bt->n; e++) {
+			int n = (int)bt->seqs[e].n_input;
+			size_t o = (size_t)bt->eo[e] * D;
+			position_bias(a->pb, t, t->rel_enc, true, n, n);
+			attend(a->att + o, a->q + o, a->k + o, a->v + o, D, n, n, 0, a->pb, 2 * n - 1,
+			       n - 1, false, t->NH, HS, a->S);
+		}
+		lin(r, &b->o, a->y, a->att, T);
+		add_into(a->x, a->y, (size_t)T * C);
+		lora_rmsnorm(a->xn, a->x, b->ln_ff, T, C, t->eps);
+		ffn(r, b, a->y, a->xn, T);
+		add_into(a->x, a->y, (size_t)T * C);
+	}
+	lora_rmsnorm(a->enc, a->x, t->ln_enc, T, C, t->eps);
+}
+
+/* The decoder over the packed, shifted targets ([start] + target[:-1] per
+ * sequence), ending in a.xn[Td, C] = final_norm(...) (rescaled when tied). */
+static void decode(struct t5_run *r, const struct t5_batch *bt, const struct t5_shape *s)
+{
+	const struct t5 *t = r->t;
+	struct t5_act *a = &r->a;
+	int T = s->Td, Te = s->Te, C = t->C, D = t->D, HS = t->HS;
+	for (int e = 0; e < bt->n; e++) {
+		const struct lora_seq *q = &bt->seqs[e];
+		for (size_t i = 0; i < q->n_target; i++) {
+			int id = i == 0 ? t->start : q->target[i - 1];
+			memcpy(a->x + (size_t)(bt->dof[e] + (int)i) * C, t->embed + (size_t)id * C,
+			       (size_t)C * sizeof(float));
+		}
+	}
+	for (int l = 0; l < t->n_dec; l++) {
+		const struct t5_block *b = &t->dec[l];
+		/* causal self-attention with the decoder's relative bias */
+		lora_rmsnorm(a->xn, a->x, b->ln_sa, T, C, t->eps);
+		lin(r, &b->q, a->q, a->xn, T);
+		lin(r, &b->k, a->k, a->xn, T);
+		lin(r, &b->v, a->v, a->xn, T);
+		for (int e = 0; e < bt->n; e++) {
+			int n = (int)bt->seqs[e].n_target;
+			if (n == 0)
+				continue;
+			size_t o = (size_t)bt->dof[e] * D;
+			position_bias(a->pb, t, t->rel_dec, false, n, n);
+			attend(a->att + o, a->q + o, a->k + o, a->v + o, D, n, n, 0, a->pb, 2 * n - 1,
+			       n - 1, true, t->NH, HS, a->S);
+		}
+		lin(r, &b->o, a->y, a->att, T);
+		add_into(a->x, a->y, (size_t)T * C);
+		/* cross-attention over the encoder output, no position bias */
+		lora_rmsnorm(a->xn, a->x, b->ln_ca, T, C, t->eps);
+		lin(r, &b->cq, a->q, a->xn, T);
+		lin(r, &b->ck, a->k, a->enc, Te);
+		lin(r, &b->cv, a->v, a->enc, Te);
+		for (int e = 0; e < bt->n; e++) {
+			int nq = (int)bt->seqs[e].n_target, nk = (int)bt->seqs[e].n_input;
+			if (nq == 0)
+				continue;
+			size_t qo = (size_t)bt->dof[e] * D, ko = (size_t)bt->eo[e] * D;
+			attend(a->att + qo, a->q + qo, a->k + ko, a->v + ko, D, nq, nk, 0, NULL, 0, 0,
+			       false, t->NH, HS, a->S);
+		}
+		lin(r, &b->co, a->y, a->att, T);
+		add_into(a->x, a->y, (size_t)T * C);
+		lora_rmsnorm(a->xn, a->x, b->ln_ff, T, C, t->eps);
+		ffn(r, b, a->y, a->xn, T);
+		add_into(a->x, a->y, (size_t)T * C);
+	}
+	lora_rmsnorm(a->xn, a->x, t->ln_dec, T, C, t->eps);
+	if (t->tied) {
+		/* HF: sequence_output * (model_dim ** -0.5) before the tied head */
+		float sc = (float)(1.0 / sqrt((double)C));
+		for (size_t i = 0; i < (size_t)T * C; i++)
+			a->xn[i] *= sc;
+	}
+}
+
+/* Check the sequences of a call (non-empty input, ids in range). */
+static int check_seqs(const struct t5 *t, const struct lora_seq *seqs, size_t n, bool need_target,
+		      struct lora_err *err)
+{
+	for (size_t e = 0; e < n; e++) {
+		const struct lora_seq *q = &seqs[e];
+		if (q->n_input == 0)
+			return lora_errf(err, LORA_EINVAL, "t5: sequence %zu has no input tokens", e);
+		if (need_target && q->n_target == 0)
+			return lora_errf(err, LORA_EINVAL, "t5: sequence %zu has no target tokens", e);
+		if (q->n_input > (1u << 24) || q->n_target > (1u << 24))
+			return lora_errf(err, LORA_EINVAL, "t5: sequence %zu is too long", e);
+		for (int k = 0; k < 2; k++) {
+			const int32_t *ids = k ? q->target : q->input;
+			size_t m = k ? q->n_target : q->n_input;
+			for (size_t i = 0; i < m; i++)
+				if (ids[i] < 0 || ids[i] >= t->V)
+					return lora_errf(err, LORA_EINVAL,
+							 "t5: sequence %zu: %s token id %d outside "
+							 "the vocabulary of %d", e, k ? "target" : "input",
+							 (int)ids[i], t->V);
+		}
+	}
+	return 0;
+}
+
+/* One packed forward over seqs[0..n): per-token NLLs into nll (Σ n_target)
+ * when nll != NULL, and/or full logits rows into logits ([Σ n_target, V]). */
+static int forward(struct lora_model *m, const struct lora_seq *seqs, int n, float *nll,
+		   float *logits, struct lora_err *err)
+{
+	struct t5 *t = lora_model_core(m)->arch_state;
+	struct t5_shape s = { 0 };
+	int *offs = malloc(2 * (size_t)n * sizeof *offs);
+	if (!offs)
+		return lora_errf(err, LORA_ENOMEM, "out of memory");
+	struct t5_batch bt = { seqs, n, offs, offs + n };
+	for (int e = 0; e < n; e++) {
+		bt.eo[e] = s.Te;
+		bt.dof[e] = s.Td;
+		s.Te += (int)seqs[e].n_input;
+		s.Td += (int)seqs[e].n_target;
+		if ((int)seqs[e].n_input > s.Le)
+			s.Le = (int)seqs[e].n_input;
+		if ((int)seqs[e].n_target > s.Ld)
+			s.Ld = (int)seqs[e].n_target;
+	}
+	s.R = max_rank(m, t);
+	s.HC = s.Td < 64 ? s.Td : 64;
+	if (s.HC < 1)
+		s.HC = 1;
+	struct t5_run r = { m, t, { 0 } };
+	float *slab = get_slab(t, act_layout(&r.a, NULL, t, &s));
+	if (!slab) {
+		free(offs);
+		return lora_errf(err, LORA_ENOMEM, "t5: out of memory for activations of %d + %d tokens",
+				 s.Te, s.Td);
+	}
+	act_layout(&r.a, slab, t, &s);
+	encode(&r, &bt, &s);
+	if (s.Td > 0)
+		decode(&r, &bt, &s);
+	/* the head, HC rows at a time: logits = xn · W^T (+ lm_head deltas) */
+	int e = 0;
+	for (int row = 0; row < s.Td; row += s.HC) {
+		int rows = s.Td - row < s.HC ? s.Td - row : s.HC;
+		float *lg = logits ? logits + (size_t)row * t->V : r.a.logits;
+		lin(&r, &t->head, lg, r.a.xn + (size_t)row * t->C, rows);
+		if (!nll)
+			continue;
+		for (int i = 0; i < rows; i++) {
+			int g = row + i;
+			while (g >= bt.dof[e] + (int)seqs[e].n_target)
+				e++;
+			nll[g] = lora_nll_row(lg + (size_t)i * t->V, t->V, seqs[e].target[g - bt.dof[e]]);
+		}
+	}
+	free(offs);
+	return 0;
+}
+
+/* Floats of activations per packed token (to bound a group's slab). */
+static size_t per_token(const struct t5 *t)
+{
+	return 5 * (size_t)t->C + 7 * (size_t)t->D + 2 * (size_t)t->F + 64;
+}
+
+static int t5_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, float *nll,
+		  struct lora_err *err)
+{
+	const struct t5 *t = lora_model_core(m)->arch_state;
+	int rc = check_seqs(t, seqs, n, false, err);
+	if (rc < 0)
+		return rc;
+	/* groups of sequences whose packed tokens fit in ~256 MB of activations,
+	 * at least one sequence each */
+	size_t budget = ((size_t)256 << 20) / (per_token(t) * sizeof(float));
+	size_t i = 0, out = 0;
+	while (i < n) {
+		size_t j = i, tok = 0;
+		while (j < n && (j == i || tok + seqs[j].n_input + seqs[j].n_target <= budget) &&
+		       j - i < (1u << 20)) {
+			tok += seqs[j].n_input + seqs[j].n_target;
+			j++;
+		}
+		if ((rc = forward(m, seqs + i, (int)(j - i), nll + out, NULL, err)) < 0)
+			return rc;
+		for (size_t k = i; k < j; k++)
+			out += seqs[k].n_target;
+		i = j;
+	}
+	return 0;
+}
+
+static int t5_logits(struct lora_model *m, const struct lora_seq *seq, float **logits,
+		     size_t *rows, struct lora_err *err)
+{
+	const struct t5 *t = lora_model_core(m)->arch_state;
+	int rc = check_seqs(t, seq, 1, true, err);
+	if (rc < 0)
+		return rc;
+	float *lg = malloc(seq->n_target * (size_t)t->V * sizeof *lg);
+	if (!lg)
+		return lora_errf(err, LORA_ENOMEM, "out of memory for %zu x %d logits", seq->n_target,
+				 t->V);
+	if ((rc = forward(m, seq, 1, NULL, lg, err)) < 0) {
+		free(lg);
+		return rc;
+	}
+	*logits = lg;
+	*rows = seq->n_target;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* greedy decoding */
+
+/* Caches of one generation, beyond the encoder's activations. */
+struct t5_gen {
+	float *ck, *cv;	/* [n_dec][Te, D]  cross-attention keys/values, computed once */
+	float *sk, *sv;	/* [n_dec][max_new, D]  self-attention KV cache */
+	float *pb;	/* [NH, max_new]  decoder bias for distances -(max_new-1)..0 */
+	float *x, *xn, *y, *q, *att, *f0, *f1;	/* one token: [C] or [D] or [F] */
+	float *lr;	/* [R] */
+	float *logits;	/* [V] */
+};
+
+static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_input, size_t max_new,
+		       int32_t *out, size_t *n_out, struct lora_err *err)
+{
+	struct t5 *t = lora_model_core(m)->arch_state;
+	struct lora_seq seq = { input, n_input, NULL, 0 };
+	*n_out = 0;
+	int rc = check_seqs(t, &seq, 1, false, err);
+	if (rc < 0)
+		return rc;
+	if (max_new == 0)
+		return 0;
+	if (max_new > (1u << 20))
+		return lora_errf(err, LORA_EINVAL, "t5: max_new_tokens %zu is too large", max_new);
+	int Te = (int)n_input, Tn = (int)max_new, C = t->C, D = t->D, HS = t->HS, NH = t->NH;
+	struct t5_shape s = { .Te = Te, .Td = 0, .Le = Te, .Ld = Tn, .R = max_rank(m, t), .HC = 1 };
+	int zero = 0;
+	struct t5_batch bt = { &seq, 1, &zero, &zero };
+	struct t5_run r = { m, t, { 0 } };
+	size_t enc_floats = act_layout(&r.a, NULL, t, &s);
+	size_t cross = (size_t)t->n_dec * Te * D, self = (size_t)t->n_dec * Tn * D;
+	size_t wide = (size_t)C;	/* one token's widest vector: max(C, D, F) */
+	if ((size_t)D > wide)
+		wide = (size_t)D;
+	if ((size_t)t->F > wide)
+		wide = (size_t)t->F;
+	size_t gen_floats = 2 * round16(cross) + 2 * round16(self) + round16((size_t)NH * Tn) +
+			    7 * round16(wide);
+	float *slab = get_slab(t, enc_floats + gen_floats);
+	if (!slab)
+		return lora_errf(err, LORA_ENOMEM, "t5: out of memory for generation");
+	act_layout(&r.a, slab, t, &s);
+	struct t5_gen g;
+	float *p = slab + enc_floats;
+#define GVIEW(field, n) (g.field = p, p += round16(n))
+	GVIEW(ck, cross);
+	GVIEW(cv, cross);
+	GVIEW(sk, self);
+	GVIEW(sv, self);
+	GVIEW(pb, (size_t)NH * Tn);
+	GVIEW(x, wide);
+	GVIEW(xn, wide);
+	GVIEW(y, wide);
+	GVIEW(q, wide);
+	GVIEW(att, wide);
+	GVIEW(f0, wide);
+	GVIEW(f1, wide);
+#undef GVIEW
+	g.lr = r.a.lr;		/* the encoder's scratch is at least [1, R] */
+	g.logits = r.a.logits;	/* [1, V] */
+
+	encode(&r, &bt, &s);
+	/* cross-attention keys and values of every decoder layer, once */
+	for (int l = 0; l < t->n_dec; l++) {
+		lin(&r, &t->dec[l].ck, g.ck + (size_t)l * Te * D, r.a.enc, Te);
+		lin(&r, &t->dec[l].cv, g.cv + (size_t)l * Te * D, r.a.enc, Te);
+	}
+	/* bias for distances d = key - query in [-(Tn-1), 0]: pb[h*Tn + Tn-1 + d] */
+	for (int d = -(Tn - 1); d <= 0; d++) {
+		int bucket = rel_bucket(d, false, t->NB, t->maxd);
+		for (int h = 0; h < NH; h++)
+			g.pb[(size_t)h * Tn + (Tn - 1) + d] = t->rel_dec[(size_t)bucket * NH + h];
+	}
+	/* one token at a time; the feed-forward uses the run's f0/f1 views */
+	float *f0 = r.a.f0, *f1 = r.a.f1;
+	r.a.f0 = g.f0;
+	r.a.f1 = g.f1;
+	int tok = t->start;
+	size_t n = 0;
+	for (int pos = 0; pos < Tn; pos++) {
+		memcpy(g.x, t->embed + (size_t)tok * C, (size_t)C * sizeof(float));
+		for (int l = 0; l < t->n_dec; l++) {
+			const struct t5_block *b = &t->dec[l];
+			float *sk = g.sk + (size_t)l * Tn * D, *sv = g.sv + (size_t)l * Tn * D;
+			lora_rmsnorm(g.xn, g.x, b->ln_sa, 1, C, t->eps);
+			lin(&r, &b->q, g.q, g.xn, 1);
+			lin(&r, &b->k, sk + (size_t)pos * D, g.xn, 1);
+			lin(&r, &b->v, sv + (size_t)pos * D, g.xn, 1);
+			attend(g.att, g.q, sk, sv, D, 1, pos + 1, pos, g.pb, Tn, Tn - 1, true, NH, HS,
+			       r.a.S);
+			lin(&r, &b->o, g.y, g.att, 1);
+			add_into(g.x, g.y, (size_t)C);
+			lora_rmsnorm(g.xn, g.x, b->ln_ca, 1, C, t->eps);
+			lin(&r, &b->cq, g.q, g.xn, 1);
+			attend(g.att, g.q, g.ck + (size_t)l * Te * D, g.cv + (size_t)l * Te * D, D, 1, Te,
+			       0, NULL, 0, 0, false, NH, HS, r.a.S);
+			lin(&r, &b->co, g.y, g.att, 1);
+			add_into(g.x, g.y, (size_t)C);
+			lora_rmsnorm(g.xn, g.x, b->ln_ff, 1, C, t->eps);
+			ffn(&r, b, g.y, g.xn, 1);
+			add_into(g.x, g.y, (size_t)C);
+		}
+		lora_rmsnorm(g.xn, g.x, t->ln_dec, 1, C, t->eps);
+		if (t->tied) {
+			float sc = (float)(1.0 / sqrt((double)C));
+			for (int i = 0; i < C; i++)
+				g.xn[i] *= sc;
+		}
+		lin(&r, &t->head, g.logits, g.xn, 1);
+		tok = lora_argmax(g.logits, t->V);
+		out[n++] = tok;
+		if (tok == t->eos)
+			break;
+	}
+	r.a.f0 = f0;
+	r.a.f1 = f1;
+	*n_out = n;
+	return 0;
+}
+
+const struct lora_arch lora_arch_t5 = {
+	.name = "t5",
+	.load = t5_load,
+	.free = t5_free,
+	.nll = t5_nll,
+	.logits = t5_logits,
+	.generate = t5_generate,
+};

@@ -1,0 +1,223 @@
+/*
+ * test_ops — lib/ops kernels against naive double-precision references:
+ * sgemm wrapper (both weight layouts, strides, alpha/beta) vs the naive
+ * product, lora_linear with bias and two deltas vs the dense W + s·B·A, the
+ * vectorized exp over the whole f32 range, softmax (with -inf masks), RMSNorm,
+ * LayerNorm, nll_row, gelu_tanh, silu, relu and argmax.
+ */
+#include "check.h"
+#include "ops.h"
+
+#include <stdint.h>
+
+static uint64_t rng = 88172645463325252ull;
+
+static float frand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static float *rand_vec(size_t n, float scale)
+{
+	float *v = malloc(n * sizeof *v);
+	for (size_t i = 0; i < n; i++)
+		v[i] = frand() * scale;
+	return v;
+}
+
+static void test_matmul(void)
+{
+	const int M = 37, K = 53, N = 29;
+	float *x = rand_vec((size_t)M * K, 1), *w = rand_vec((size_t)N * K, 1);
+	for (int t = 0; t < 2; t++) {
+		bool wt = t == 0;
+		float *a = rand_vec((size_t)M * N, 1), *b = malloc((size_t)M * N * sizeof *b);
+		memcpy(b, a, (size_t)M * N * sizeof *b);
+		lora_matmul(a, x, w, M, K, N, wt, 0.5f, 0.25f);
+		lora_matmul_naive(b, x, w, M, K, N, wt, 0.5f, 0.25f);
+		check_close_f32(a, b, (size_t)M * N, 1e-5, 1e-5,
+				wt ? "matmul w_trans vs naive" : "matmul [K,N] vs naive");
+		free(a);
+		free(b);
+	}
+	/* strided: a [5,3] block inside a [7,11] matrix times a block's transpose */
+	float c[5 * 4] = {0}, ref[5 * 4];
+	lora_gemm(false, true, 5, 4, 3, 1.0f, x + 2, 11, w + 1, 9, 0.0f, c, 4);
+	for (int i = 0; i < 5; i++)
+		for (int j = 0; j < 4; j++) {
+			double s = 0;
+			for (int k = 0; k < 3; k++)
+				s += (double)x[2 + i * 11 + k] * w[1 + j * 9 + k];
+			ref[i * 4 + j] = (float)s;
+		}
+	check_close_f32(c, ref, 20, 1e-6, 1e-6, "gemm with strides");
+	free(x);
+	free(w);
+}
+
+static void test_linear(void)
+{
+	const int T = 9, in = 24, out = 17, r1 = 3, r2 = 5;
+	float *x = rand_vec((size_t)T * in, 1), *w = rand_vec((size_t)out * in, 1);
+	float *bias = rand_vec(out, 1);
+	float *a1 = rand_vec((size_t)r1 * in, 1), *b1 = rand_vec((size_t)out * r1, 1);
+	float *a2 = rand_vec((size_t)r2 * in, 1), *b2 = rand_vec((size_t)out * r2, 1);
+	struct lora_delta d[2] = {{r1, 2.0f, a1, b1}, {r2, -0.5f, a2, b2}};
+	float *y = malloc((size_t)T * out * sizeof *y), *ref = malloc((size_t)T * out * sizeof *ref);
+	float *scratch = malloc((size_t)T * r2 * sizeof *scratch);
+	/* dense W' = W + Σ s·B·A, then y = x·W'^T + bias */
+	float *wd = malloc((size_t)out * in * sizeof *wd);
+	for (int o = 0; o < out; o++)
+		for (int i = 0; i < in; i++) {
+			double s = w[o * in + i];
+			for (int k = 0; k < r1; k++)
+				s += 2.0 * b1[o * r1 + k] * a1[k * in + i];
+			for (int k = 0; k < r2; k++)
+				s += -0.5 * b2[o * r2 + k] * a2[k * in + i];
+			wd[o * in + i] = (float)s;
+		}
+	lora_matmul_naive(ref, x, wd, T, in, out, true, 1.0f, 0.0f);
+	for (int t = 0; t < T; t++)
+		for (int o = 0; o < out; o++)
+			ref[t * out + o] += bias[o];
+	lora_linear(y, x, w, true, bias, d, 2, T, in, out, scratch);
+	check_close_f32(y, ref, (size_t)T * out, 1e-4, 1e-5, "lora_linear == x·(W + s·B·A)^T + b");
+	free(x), free(w), free(bias), free(a1), free(b1), free(a2), free(b2);
+	free(y), free(ref), free(scratch), free(wd);
+}
+
+static void test_exp(void)
+{
+	/* every 97th f32 in [-110, 95], plus the edges */
+	size_t n = 0, cap = 1 << 22;
+	float *x = malloc(cap * sizeof *x);
+	for (float v = -110.0f; v < 95.0f && n < cap; v += 0.00731f)
+		x[n++] = v;
+	x[n++] = -INFINITY;
+	x[n++] = INFINITY;
+	x[n++] = 0.0f;
+	float *y = malloc(n * sizeof *y);
+	memcpy(y, x, n * sizeof *y);
+	lora_exp(y, n);
+	double worst = 0;
+	int ok = 1;
+	for (size_t i = 0; i < n; i++) {
+		double want = exp((double)x[i]);
+		if (want > 3.4028234e38) {
+			ok &= isinf(y[i]) && y[i] > 0;
+			continue;
+		}
+		if (want < 1.17549435e-38) {	/* subnormal range: absolute */
+			ok &= fabs(y[i] - want) < 1e-44 + 1e-6 * want;
+			continue;
+		}
+		double rel = fabs(y[i] - want) / want;
+		worst = rel > worst ? rel : worst;
+	}
+	ok &= worst < 4e-7;
+	check(ok, "lora_exp over %zu values: max rel err %.3g (tol 4e-7), 0/Inf ends", n, worst);
+	float nanv[1] = {NAN};
+	lora_exp(nanv, 1);
+	check(isnan(nanv[0]), "lora_exp(NaN) is NaN");
+	free(x);
+	free(y);
+}
+
+static void test_softmax_nll(void)
+{
+	const int rows = 3, n = 1003;
+	float *x = rand_vec((size_t)rows * n, 20), *y = malloc((size_t)rows * n * sizeof *y);
+	x[5] = -INFINITY;
+	memcpy(y, x, (size_t)rows * n * sizeof *y);
+	lora_softmax_rows(y, rows, n);
+	float *ref = malloc((size_t)rows * n * sizeof *ref);
+	for (int r = 0; r < rows; r++) {
+		double m = -INFINITY, s = 0;
+		for (int i = 0; i < n; i++)
+			m = fmax(m, x[r * n + i]);
+		for (int i = 0; i < n; i++)
+			s += exp(x[r * n + i] - m);
+		for (int i = 0; i < n; i++)
+			ref[r * n + i] = (float)(exp(x[r * n + i] - m) / s);
+		if (r == 1) {
+			double lse = m + log(s);
+			check_near(lora_nll_row(x + r * n, n, 17), lse - x[r * n + 17], 1e-5, 1e-6,
+				   "nll_row vs double log-sum-exp");
+		}
+	}
+	check_close_f32(y, ref, (size_t)rows * n, 1e-7, 1e-5, "softmax rows vs double");
+	check(y[5] == 0.0f, "softmax: -inf gives exactly 0");
+	float masked[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+	lora_softmax_rows(masked, 1, 4);
+	check(masked[0] == 0 && masked[3] == 0, "softmax of a fully masked row is 0, not NaN");
+	free(x), free(y), free(ref);
+}
+
+static void test_norms_acts(void)
+{
+	const int T = 4, C = 67;
+	float *x = rand_vec((size_t)T * C, 3), *w = rand_vec(C, 1), *b = rand_vec(C, 1);
+	float *y = malloc((size_t)T * C * sizeof *y), *ref = malloc((size_t)T * C * sizeof *ref);
+	lora_rmsnorm(y, x, w, T, C, 1e-6f);
+	for (int t = 0; t < T; t++) {
+		double ss = 0, mean = 0, var = 0;
+		for (int i = 0; i < C; i++)
+			ss += (double)x[t * C + i] * x[t * C + i];
+		for (int i = 0; i < C; i++)
+			ref[t * C + i] = (float)(w[i] * x[t * C + i] / sqrt(ss / C + 1e-6));
+		(void)mean, (void)var;
+	}
+	check_close_f32(y, ref, (size_t)T * C, 1e-5, 1e-5, "rmsnorm vs double");
+	lora_layernorm(y, x, w, b, T, C, 1e-5f);
+	for (int t = 0; t < T; t++) {
+		double mean = 0, var = 0;
+		for (int i = 0; i < C; i++)
+			mean += x[t * C + i];
+		mean /= C;
+		for (int i = 0; i < C; i++)
+			var += (x[t * C + i] - mean) * (x[t * C + i] - mean);
+		var /= C;
+		for (int i = 0; i < C; i++)
+			ref[t * C + i] = (float)((x[t * C + i] - mean) / sqrt(var + 1e-5) * w[i] + b[i]);
+	}
+	check_close_f32(y, ref, (size_t)T * C, 1e-5, 1e-5, "layernorm vs double");
+	size_t n = (size_t)T * C;
+	memcpy(y, x, n * sizeof *y);
+	lora_gelu_tanh(y, n);
+	for (size_t i = 0; i < n; i++) {
+		double v = x[i];
+		ref[i] = (float)(0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v))));
+	}
+	check_close_f32(y, ref, n, 1e-6, 1e-5, "gelu_new vs double tanh formula");
+	memcpy(y, x, n * sizeof *y);
+	lora_silu(y, n);
+	for (size_t i = 0; i < n; i++)
+		ref[i] = (float)(x[i] / (1 + exp(-(double)x[i])));
+	check_close_f32(y, ref, n, 1e-6, 1e-5, "silu vs double");
+	memcpy(y, x, n * sizeof *y);
+	lora_relu(y, n);
+	int ok = 1;
+	for (size_t i = 0; i < n; i++)
+		ok &= y[i] == (x[i] > 0 ? x[i] : 0);
+	check(ok, "relu");
+	float big[4] = {-50, 50, -200, 200};
+	lora_gelu_tanh(big, 4);
+	check(big[0] == 0 && big[1] == 50 && big[2] == 0 && big[3] == 200,
+	      "gelu_new saturates exactly at large |x|");
+	float am[5] = {1, 3, 2, 3, -1};
+	check(lora_argmax(am, 5) == 1, "argmax takes the first of ties");
+	free(x), free(w), free(b), free(y), free(ref);
+}
+
+int main(void)
+{
+	test_matmul();
+	test_linear();
+	test_exp();
+	test_softmax_nll();
+	test_norms_acts();
+	return check_done();
+}
