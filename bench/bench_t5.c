@@ -236,10 +236,25 @@ static int add_mm(struct mm *v, int n, int M, int K, int N, int count)
 	return n;
 }
 
+static char tmpdir[4096];
+
+/* Remove the generated model (also on exit(1)). */
+static void cleanup(void)
+{
+	if (!tmpdir[0])
+		return;
+	char cmd[4200];
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "bench_t5: could not remove %s\n", tmpdir);
+	tmpdir[0] = '\0';
+}
+
 static void bench(const struct shape *s, int steps)
 {
-	char tmpl[] = "/tmp/bench_t5.XXXXXX";
-	char *dir = mkdtemp(tmpl);
+	const char *td = getenv("TMPDIR");
+	snprintf(tmpdir, sizeof tmpdir, "%s/bench_t5.XXXXXX", td && *td ? td : "/tmp");
+	char *dir = mkdtemp(tmpdir);
 	if (!dir) {
 		perror("bench_t5: mkdtemp");
 		exit(1);
@@ -400,10 +415,7 @@ static void bench(const struct shape *s, int steps)
 	lora_model_set_adapter(m, NULL, NULL);
 	lora_adapter_free(&ad);
 	lora_model_close(m);
-	char cmd[4200];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "bench_t5: could not remove %s\n", dir);
+	cleanup();
 }
 
 int main(int argc, char **argv)
@@ -413,6 +425,7 @@ int main(int argc, char **argv)
 		setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
 		execv("/proc/self/exe", argv);
 	}
+	atexit(cleanup);
 	const char *which = argc > 1 ? argv[1] : "all";
 	int steps = argc > 2 ? atoi(argv[2]) : 0;
 	static const struct shape shapes[] = {

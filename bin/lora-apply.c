@@ -432,7 +432,7 @@ static int copy_file(const char *src, const char *dst, struct lora_err *err)
 		return lora_errf(err, LORA_EIO, "cannot open '%s': %s", src, strerror(errno));
 	struct stat st;
 	fstat(in, &st);
-	int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 0777);
+	int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (st.st_mode & 0777) | 0200);
 	if (out < 0) {
 		close(in);
 		return lora_errf(err, LORA_EIO, "cannot create '%s': %s", dst, strerror(errno));
@@ -839,7 +839,9 @@ int main(int argc, char **argv)
 		/* On success tmp now holds the old OUT (--force) or nothing. */
 		remove_tree(tmp);
 		free(tmp);
-		if (got_signal) {
+		/* Interrupted before the rename: die by the signal (OUT untouched).
+		 * A signal after the rename only cut the clean-up short. */
+		if (rc && got_signal) {
 			int sig = got_signal;
 			signal(sig, SIG_DFL);
 			raise(sig);

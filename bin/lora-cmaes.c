@@ -111,6 +111,7 @@ struct app {
 	size_t loss_cap;
 	long evals;
 	double best_obj, start;
+	int restarts_seen;
 	long nonfinite;
 	struct lora_err err;
 	int child_failed;		/* the error is about COMMAND: add its status */
@@ -580,6 +581,15 @@ static int evaluate(void *ctx, const struct lora_optim_batch *b, double *f)
 		}
 	}
 	free(loss);
+	if (b->restarts > a->restarts_seen) {
+		a->restarts_seen = b->restarts;
+		if (!a->quiet) {
+			if (a->tty)
+				fputs("\r\033[K", stderr);
+			fprintf(stderr, "%s: restart %d after %s: population %zu\n", lora_prog,
+				b->restarts, b->stop_reason ? b->stop_reason : "?", b->popsize);
+		}
+	}
 	progress(a, b->generation, b->sigma, skip == k);
 	return 0;
 }

@@ -204,21 +204,22 @@ static void open_predictions(struct ctx *c, const char *path)
 }
 
 /*
- * Coprocess input. lib/stream reads with fread(buf, 1, capacity, f), and
- * glibc's fread keeps reading until it has `capacity` bytes or EOF, so on a
- * pipe it would wait for records lora-cmaes sends only after our score. We
- * hand the reader an unbuffered FILE whose read function returns what the
- * pipe has: it blocks only at the start of an fread (the previous call filled
- * its request, or ended it), and otherwise, when nothing more is waiting, ends
- * the fread early by returning 0. On an unbuffered FILE glibc passes each
- * request straight through (want bytes, no read-ahead) and rechecks nothing
- * before the next direct read, and lib/stream treats a short nonzero read as
- * "more may come". A real end of input is returned as 0 from then on.
- * (Remove this once lib/stream reads only what is available.)
+ * Coprocess input. lib/stream reads with fread(buf, 1, capacity, f), with
+ * capacity >= 64 KiB, and glibc's fread keeps reading until it has all of it
+ * or EOF, so on a pipe it would wait for records that lora-cmaes sends only
+ * after our score. We give the reader a FILE (4 KiB buffer) whose read
+ * function returns what the pipe has: the first read of each fread blocks;
+ * a later one, when nothing more is waiting, fails with EAGAIN, which ends
+ * that fread early with what it has (glibc sets the error flag, which is not
+ * sticky; lib/stream only looks at it when nothing was read, and we clear it
+ * before a real end of input). Every fread asks for more than one buffer, so
+ * it always reaches a read call and never ends on buffered bytes alone.
+ * (Remove once lib/stream reads only what is available.)
  */
 struct pipe_in {
 	int fd;
-	bool fresh;	/* the next call starts a new fread */
+	FILE *f;
+	bool fresh;	/* the next call is the first of an fread: block */
 	bool eof;
 };
 
@@ -229,20 +230,23 @@ static ssize_t pipe_read(void *cookie, char *buf, size_t size)
 		return 0;
 	if (!p->fresh) {
 		struct pollfd pfd = {p->fd, POLLIN, 0};
-		int n;
-		while ((n = poll(&pfd, 1, 0)) < 0 && errno == EINTR)
+		int k;
+		while ((k = poll(&pfd, 1, 0)) < 0 && errno == EINTR)
 			;
-		if (n == 0) {	/* nothing waiting: end this fread short */
+		if (k == 0) {
 			p->fresh = true;
-			return 0;
+			errno = EAGAIN;
+			return -1;
 		}
 	}
 	ssize_t n;
 	while ((n = read(p->fd, buf, size)) < 0 && errno == EINTR)
 		;
-	if (n == 0)
+	p->fresh = n <= 0;
+	if (n == 0) {
 		p->eof = true;
-	p->fresh = n <= 0 || (size_t)n == size;
+		clearerr_unlocked(p->f);
+	}
 	return n;
 }
 
@@ -252,10 +256,10 @@ static FILE *open_pipe_input(struct pipe_in *p)
 	p->fresh = true;
 	p->eof = false;
 	cookie_io_functions_t io = {.read = pipe_read};
-	FILE *f = fopencookie(p, "r", io);
-	if (f)
-		setvbuf(f, NULL, _IONBF, 0);
-	return f;
+	p->f = fopencookie(p, "r", io);
+	if (p->f)
+		setvbuf(p->f, NULL, _IOFBF, 4096);
+	return p->f;
 }
 
 static struct ctx *cleanup_ctx;

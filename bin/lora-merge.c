@@ -284,12 +284,13 @@ static char *derive_name(const struct opts *o, enum lora_merge_method m,
 /* Merge the pool with w[0..pool->n) and write the result. Returns 0, or 1
  * after printing an error. */
 static int merge_one(struct opts *o, const struct pool *pool, const double *w,
-		     const struct lora_weights *rec, size_t k, struct lora_writer *wr)
+		     const struct lora_weights *rec, const char *where, size_t k,
+		     struct lora_writer *wr)
 {
 	struct lora_merge_params p = o->p;
 	if (rec && rec->method && !o->have_method) {
 		if (lora_merge_method_parse(rec->method, &p.method)) {
-			lora_cli_warn("weights record %zu: unknown method '%s'", k, rec->method);
+			lora_cli_warn("%s: unknown method '%s'", where, rec->method);
 			return 1;
 		}
 	}
@@ -306,7 +307,10 @@ static int merge_one(struct opts *o, const struct pool *pool, const double *w,
 	int rc = lora_merge(pp, pool->n, w, &p, &out, &report, &err);
 	free(pp);
 	if (rc) {
-		lora_cli_warn("%s", err.msg);
+		if (rec)
+			lora_cli_warn("%s: %s", where, err.msg);
+		else
+			lora_cli_warn("%s", err.msg);
 		return 1;
 	}
 	/* Record the rank actually used (0 means each module's largest). */
@@ -496,7 +500,7 @@ int main(int argc, char **argv)
 			double *w = pool.n ? resolve_named(&pool, ws->n, ws->names, ws->w, where) : NULL;
 			if (!pool.n)
 				lora_cli_warn("%s: empty pool: no adapter record before it", where);
-			if (!w || merge_one(&o, &pool, w, ws, ++merged, wr))
+			if (!w || merge_one(&o, &pool, w, ws, where, ++merged, wr))
 				status = 1;
 			free(w);
 		}
@@ -539,7 +543,7 @@ int main(int argc, char **argv)
 		}
 		if (!status && !w)
 			status = 1;
-		if (!status && merge_one(&o, &pool, w, NULL, ++merged, wr))
+		if (!status && merge_one(&o, &pool, w, NULL, "-", ++merged, wr))
 			status = 1;
 		free(w);
 	} else if (!status && (o.w || o.cfg_weights)) {

@@ -7,6 +7,8 @@
  * sink (stream writer, table, or unpacker), so memory holds one record —
  * except with --sample (the reservoir of N adapters plus every non-adapter
  * record) and --name (everything, to check there is exactly one adapter).
+ * A path is a PEFT directory, a .safetensors file (told by its first 9
+ * bytes) or a stream; a pipe is always read as a stream.
  */
 #include "cli.h"
 #include "peft.h"
@@ -94,7 +96,7 @@ static struct lora_writer *writer;
 static struct held *held;		/* buffered non-adapter records (and all, with --name) */
 static size_t n_held, cap_held;
 static struct held *reservoir;		/* --sample: at most N adapters */
-static size_t n_reservoir;
+static size_t n_reservoir, cap_reservoir;
 static uint64_t n_eligible;		/* adapters offered to the sampler */
 static size_t seq;
 static char **out_names;		/* adapter names already emitted */
@@ -470,12 +472,7 @@ static void emit(struct lora_record *rec)
 		 * k < N; after that it replaces slot j = uniform(0..k) when j < N. */
 		uint64_t k = n_eligible++;
 		if (k < (uint64_t)opt.sample) {
-			size_t cap = (size_t)opt.sample;
-			if (!reservoir)
-				reservoir = xrealloc(NULL, cap * sizeof *reservoir);
-			reservoir[n_reservoir].rec = *rec;
-			reservoir[n_reservoir].seq = seq;
-			n_reservoir++;
+			hold(&reservoir, &n_reservoir, &cap_reservoir, rec);
 		} else {
 			uint64_t j = uniform_below(k + 1);
 			if (j < (uint64_t)opt.sample) {
@@ -486,7 +483,7 @@ static void emit(struct lora_record *rec)
 				lora_record_free(rec);
 			}
 		}
-		memset(rec, 0, sizeof *rec);
+		memset(rec, 0, sizeof *rec);	/* it was moved or freed */
 		return;
 	}
 	if (opt.sample >= 0 || opt.name) {
@@ -584,6 +581,12 @@ static void read_input(const char *path)
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		lora_cli_die(LORA_EXIT_FAIL, "cannot open '%s': %s", path, strerror(errno));
+	if (!S_ISREG(st.st_mode)) {
+		/* a pipe such as <(cmd) cannot be sniffed and rewound: a stream */
+		read_stream(f, path);
+		fclose(f);
+		return;
+	}
 	unsigned char head[9];
 	size_t n = fread(head, 1, sizeof head, f);
 	if (ferror(f))

@@ -5,7 +5,9 @@
  * through /proc/self/fd, so the real mmap path is exercised. When the file is
  * accepted, every tensor is looked up by name and all its bytes are read, so
  * an offset the validator let through that points outside the mapping is
- * caught by ASan. Build with `make fuzz`; run as
+ * caught by ASan. Accepted files are also written back with lora_st_write
+ * (to /dev/shm, where fsync is free) and re-read: the copy must open and hold
+ * the same tensors, in the writer's order. Build with `make fuzz`; run as
  *   build-fuzz/fuzz/fuzz_st -max_total_time=180 corpus/
  */
 #include <stdint.h>
@@ -55,6 +57,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		const struct lora_doc *md = lora_st_metadata(st);
 		if (md && md->type != LORA_DOC_MAP)
 			abort();
+		size_t n = lora_st_count(st);
+		struct lora_st_tensor *t = malloc((n ? n : 1) * sizeof *t);
+		for (size_t i = 0; i < n; i++)
+			t[i] = *lora_st_get(st, i);
+		char out[64];
+		snprintf(out, sizeof out, "/dev/shm/fuzz_st.%d", (int)getpid());
+		if (lora_st_write(out, t, n, md, &err) != 0) {
+			fprintf(stderr, "rewrite failed: %s\n", err.msg);
+			abort();
+		}
+		struct lora_st *st2 = NULL;
+		if (lora_st_open(out, &st2, &err) != 0) {
+			fprintf(stderr, "rewritten file refused: %s\n", err.msg);
+			abort();
+		}
+		if (lora_st_count(st2) != n)
+			abort();
+		for (size_t i = 0; i < n; i++) {
+			const struct lora_st_tensor *a = lora_st_get(st, i);
+			const struct lora_st_tensor *b = lora_st_find(st2, a->name);
+			if (!b || b->dtype != a->dtype || b->ndim != a->ndim ||
+			    b->nbytes != a->nbytes ||
+			    memcmp(a->shape, b->shape, sizeof a->shape) != 0 ||
+			    (a->nbytes && memcmp(a->data, b->data, a->nbytes) != 0))
+				abort();
+		}
+		lora_st_close(st2);
+		unlink(out);
+		free(t);
 		lora_st_close(st);
 	} else if (err.msg[0] == '\0') {
 		abort();	/* every refusal carries a message */

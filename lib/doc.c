@@ -10,21 +10,25 @@
  *
  * JSON quirks handled before libyaml sees the text (only for documents that
  * start with '{' or '['), in one extra pass that copies the text only when it
- * must: libyaml refuses UTF-16 surrogate escapes, so a "\\uD83D\\uDE00" pair is
- * rewritten as the equivalent "\\U0001F600" and a lone surrogate as "\\uFFFD";
+ * must: libyaml refuses UTF-16 surrogate escapes, so a "\uD83D\uDE00" pair is
+ * rewritten as the equivalent "\U0001F600" and a lone surrogate as "\uFFFD";
+ * YAML folds a raw U+0085, U+2028 or U+2029 inside a string as a line break
+ * where JSON keeps the character, so those become YAML's "\N", "\L", "\P";
  * and libyaml takes an object key only if it is under 1024 characters and on
  * the same line as its ':', so other keys get YAML's explicit "? " indicator.
- * Those rewrites move later columns on the same line by two characters, so
- * an error position after them can be off by two.
+ * Those rewrites move later columns on the same line by a character or two,
+ * so an error position after them can be off by that much.
  *
  * Limits: one document per input; no anchors, aliases or complex (non-scalar)
  * map keys; YAML (not JSON) implicit keys longer than 1024 characters are a
  * libyaml limit.
  *
  * The JSON writer emits UTF-8; invalid UTF-8 in a string is written as
- * \\ufffd so the output is always valid JSON. BIN nodes are written as base64
- * strings. Floats use the shortest %.{15,16,17}g that reads back exactly, with
- * ".0" added when that would otherwise look like an integer.
+ * \ufffd so the output is always valid JSON, and U+0085, U+2028 and U+2029
+ * are escaped (YAML readers and JavaScript take them as line breaks). BIN
+ * nodes are written as base64 strings. Floats use the shortest
+ * %.{15,16,17}g that reads back exactly, with ".0" added when that would
+ * otherwise look like an integer.
  */
 #include "doc.h"
 
@@ -632,6 +636,19 @@ static size_t json_rewrite(const char *buf, size_t len, char *o)
 		EMIT(c);
 		i++;
 		while (i < len && buf[i] != '"') {
+			/* raw U+0085, U+2028, U+2029: YAML folds them as line
+			 * breaks, JSON keeps them; use YAML's \\N \\L \\P */
+			unsigned char u0 = (unsigned char)buf[i];
+			if ((u0 == 0xC2 && i + 1 < len && (unsigned char)buf[i + 1] == 0x85) ||
+			    (u0 == 0xE2 && i + 2 < len && (unsigned char)buf[i + 1] == 0x80 &&
+			     ((unsigned char)buf[i + 2] == 0xA8 || (unsigned char)buf[i + 2] == 0xA9))) {
+				if (!o)
+					return 1;
+				EMIT('\\');
+				EMIT(u0 == 0xC2 ? 'N' : (unsigned char)buf[i + 2] == 0xA8 ? 'L' : 'P');
+				i += u0 == 0xC2 ? 2 : 3;
+				continue;
+			}
 			if (buf[i] != '\\' || i + 1 >= len) {
 				EMIT(buf[i]);
 				i++;
@@ -1149,7 +1166,7 @@ int lora_json_write_string(FILE *f, const char *s, size_t len)
 			if (k == 0) {
 				fputs("\\ufffd", f);
 				i++;
-			} else if (cp == 0x2028 || cp == 0x2029) {
+			} else if (cp == 0x85 || cp == 0x2028 || cp == 0x2029) {
 				fprintf(f, "\\u%04x", (unsigned)cp);
 				i += k;
 			} else {

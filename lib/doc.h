@@ -88,7 +88,8 @@ void lora_doc_init_map(struct lora_doc *d);
 void lora_doc_init_array(struct lora_doc *d);
 int lora_doc_set_string(struct lora_doc *d, const char *s, size_t len);
 /* Append to a map (replacing an existing key) / an array. The value is moved
- * into the container (shallow copy; do not free it afterwards). */
+ * into the container (shallow copy; do not free it afterwards). On failure
+ * the value's contents are freed, so the caller never has to clean up. */
 int lora_doc_map_put(struct lora_doc *map, const char *key, struct lora_doc *val);
 int lora_doc_array_push(struct lora_doc *arr, struct lora_doc *val);
 /* Remove a key from a map (no-op if absent). */

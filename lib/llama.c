@@ -265,7 +265,8 @@ struct acts {
 	float *k, *v;	/* [T, NKV*HS] */
 	float *a;	/* [T, NH*HS] attention output */
 	float *g, *u;	/* [T, F] */
-	float *s;	/* [maxlen, maxkeys] scores of one head */
+	float *s;	/* [grp*maxlen, maxkeys] scores of one kv head's query heads */
+	float *qg;	/* [grp*maxlen, HS] those query heads stacked, then their output */
 	float *lr;	/* [T, maxR] LoRA scratch */
 	float *mem;
 };
@@ -288,9 +289,9 @@ static int acts_alloc(struct acts *A, const struct llama *p, int R, int T, int m
 {
 	size_t QD = (size_t)p->NH * p->HS, KD = (size_t)p->NKV * p->HS;
 	size_t per_t = 2 * (size_t)p->C + 2 * QD + 2 * KD + 2 * (size_t)p->F + (size_t)R;
-	size_t n, sn;
-	if (lora_size_mul(per_t, (size_t)T, &n) < 0 ||
-	    lora_size_mul((size_t)maxlen, (size_t)maxkeys, &sn) < 0 || lora_size_add(n, sn, &n) < 0 ||
+	size_t n, sn, rows = (size_t)(p->NH / p->NKV) * (size_t)maxlen;
+	if (lora_size_mul(per_t, (size_t)T, &n) < 0 || lora_size_mul(rows, (size_t)maxkeys, &sn) < 0 ||
+	    lora_size_add(n, sn, &n) < 0 || lora_size_add(n, rows * (size_t)p->HS, &n) < 0 ||
 	    lora_size_mul(n, sizeof(float), &n) < 0 || !(A->mem = malloc(n)))
 		return lora_errf(err, LORA_ENOMEM, "out of memory for activations of %d tokens", T);
 	float *f = A->mem;
@@ -303,6 +304,7 @@ static int acts_alloc(struct acts *A, const struct llama *p, int R, int T, int m
 	A->g = f, f += (size_t)T * p->F;
 	A->u = f, f += (size_t)T * p->F;
 	A->lr = f, f += (size_t)T * R;
+	A->qg = f, f += rows * (size_t)p->HS;
 	A->s = f;
 	return 0;
 }
@@ -343,30 +345,37 @@ static void rope(const struct llama *p, float *x, int nh, const struct seg *segs
 }
 
 /* Causal attention of one segment: queries q rows [len, QD]; keys/values in
- * kb/vb rows 0..pos0+len (stride KD). Output into a rows [len, QD]. */
+ * kb/vb rows 0..pos0+len (stride KD). Output into a rows [len, QD].
+ * The grp query heads that share a kv head are stacked into one
+ * [grp*len, HS] matrix (qg), so each kv head costs two sgemms with
+ * M = grp*len instead of 2*grp small ones. S holds [grp*len, nk] scores. */
 static void attend(const struct llama *p, const float *q, const float *kb, const float *vb,
-		   float *a, int len, int pos0, float *S)
+		   float *a, int len, int pos0, float *S, float *qg)
 {
-	int QD = p->NH * p->HS, KD = p->NKV * p->HS, nk = pos0 + len, grp = p->NH / p->NKV;
-	float div = sqrtf((float)p->HS);	/* HF divides the product by sqrt(HS) */
-	for (int h = 0; h < p->NH; h++) {
-		int kh = h / grp;
-		lora_gemm(false, true, len, nk, p->HS, 1.0f, q + h * p->HS, QD, kb + kh * p->HS, KD,
-			  0.0f, S, nk);
-		for (int i = 0; i < len; i++) {
-			float *row = S + (size_t)i * nk;
-			int last = pos0 + i;
-			for (int j = 0; j <= last; j++)
+	int QD = p->NH * p->HS, KD = p->NKV * p->HS, HS = p->HS, nk = pos0 + len;
+	int grp = p->NH / p->NKV, M = grp * len;
+	float div = sqrtf((float)HS);	/* HF divides the product by sqrt(HS) */
+	for (int kh = 0; kh < p->NKV; kh++) {
+		for (int g = 0; g < grp; g++)
+			for (int i = 0; i < len; i++)
+				memcpy(qg + ((size_t)g * len + i) * HS, q + (size_t)i * QD + (kh * grp + g) * HS,
+				       (size_t)HS * sizeof(float));
+		lora_gemm(false, true, M, nk, HS, 1.0f, qg, HS, kb + kh * HS, KD, 0.0f, S, nk);
+		for (int r = 0; r < M; r++) {
+			float *row = S + (size_t)r * nk;
+			int last = pos0 + r % len;	/* keys 0..last are visible */
+			int first = p->window && last - p->window + 1 > 0 ? last - p->window + 1 : 0;
+			for (int j = first; j <= last; j++)
 				row[j] /= div;
-			for (int j = last + 1; j < nk; j++)
-				row[j] = -INFINITY;
-			if (p->window)
-				for (int j = 0; j <= last - p->window; j++)
-					row[j] = -INFINITY;
+			lora_softmax_rows(row + first, 1, last + 1 - first);
+			memset(row, 0, (size_t)first * sizeof *row);
+			memset(row + last + 1, 0, (size_t)(nk - last - 1) * sizeof *row);
 		}
-		lora_softmax_rows(S, len, nk);
-		lora_gemm(false, false, len, p->HS, nk, 1.0f, S, nk, vb + kh * p->HS, KD, 0.0f,
-			  a + h * p->HS, QD);
+		lora_gemm(false, false, M, HS, nk, 1.0f, S, nk, vb + kh * HS, KD, 0.0f, qg, HS);
+		for (int g = 0; g < grp; g++)
+			for (int i = 0; i < len; i++)
+				memcpy(a + (size_t)i * QD + (kh * grp + g) * HS, qg + ((size_t)g * len + i) * HS,
+				       (size_t)HS * sizeof(float));
 	}
 }
 
@@ -414,7 +423,7 @@ static void forward(struct lora_model *m, const struct llama *p, const int32_t *
 				vb = cache->v[l];
 			}
 			attend(p, A->q + (size_t)sg->off * QD, kb, vb, A->a + (size_t)sg->off * QD,
-			       sg->len, cache ? sg->pos0 : 0, A->s);
+			       sg->len, cache ? sg->pos0 : 0, A->s, A->qg);
 		}
 		lin(m, ly, WO, A->h, A->a, T, QD, C, A->lr);
 		for (size_t i = 0; i < (size_t)T * C; i++)

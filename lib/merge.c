@@ -186,6 +186,8 @@ static int merge_lorahub(const struct job *j, struct lora_module *om, struct lor
 	}
 	for (size_t i = 0; i < j->nc; i++) {
 		const struct contrib *c = &j->c[i];
+		if (c->w == 0)
+			continue;
 		/* Split the scale evenly between the factors; a negative alpha
 		 * keeps its sign on A so that one-hot w gives s_i B_i A_i back. */
 		double root = sqrt(fabs(c->s));
@@ -293,8 +295,10 @@ static int report_add(char **report, const char *module, int K, int t, double e)
  * Ac^T = Q_A R_A, so ΔW = Q_B (R_B C R_A^T) Q_A^T; the core M = R_B C R_A^T is
  * at most R x R. With M = U S V^T, ΔW = (Q_B U) S (Q_A V)^T exactly, and
  * keeping K singular triplets is the best rank-K approximation. We give each
- * factor √S: B' = Q_B U_K √S_K, A' = √S_K V_K^T Q_A^T. Cost O((out + in) R^2),
- * never an out x in matrix. All matrices below are column-major. */
+ * factor √S: B' = Q_B U_K √S_K, A' = √S_K V_K^T Q_A^T. Cost: two QRs,
+ * O((out + in) R^2), the K leading triplets of the R x R core (dgesvdx), and
+ * Q applied to K columns (dormqr); never an out x in matrix. The truncation
+ * error follows from ||M||_F^2 = Σ S_j^2. All matrices below are column-major. */
 
 /* QR of X (m x R, column-major): X is overwritten by LAPACK's Householder
  * form of Q (m x p, p = min(m, R)), tau (p) receives its scalars, and the

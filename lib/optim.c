@@ -48,6 +48,8 @@ struct run {
 	double *best_x;
 	struct lora_optim_result *res;
 	int rc;			/* callback failure */
+	size_t popsize;
+	const char *last_stop;
 	double worst;		/* worst finite value so far */
 	long generation;
 };
@@ -59,7 +61,8 @@ static int eval_batch(struct run *r, const double *x, size_t k, double sigma, do
 {
 	size_t n = r->p->n;
 	struct lora_optim_batch b = {.generation = r->generation, .first_eval = r->res->evals,
-				     .k = k, .x = x, .sigma = sigma};
+				     .k = k, .x = x, .sigma = sigma, .popsize = r->popsize ? r->popsize : 1,
+				     .restarts = r->res->restarts, .stop_reason = r->last_stop};
 	int rc = r->fn(r->ctx, &b, f);
 	if (rc < 0) {
 		r->rc = rc;
@@ -132,6 +135,7 @@ static int run_cmaes(struct run *r, const double *x0, struct lora_err *err)
 		if (k < lam && r->generation > 1)
 			lora_cmaes_mean(es, X);
 		double sigma = lora_cmaes_sigma(es);
+		r->popsize = lam;
 		rc = eval_batch(r, X, k, sigma, F, INFINITY);
 		if (rc < 0)
 			break;
@@ -145,6 +149,7 @@ static int run_cmaes(struct run *r, const double *x0, struct lora_err *err)
 				r->res->stop = why;
 				break;
 			}
+			r->last_stop = why;
 			if (lora_cmaes_restart(es, 2) < 0) {
 				rc = lora_errf(err, LORA_ENOMEM, "out of memory restarting CMA-ES");
 				break;

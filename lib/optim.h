@@ -51,13 +51,18 @@ struct lora_optim_params lora_optim_default_params(size_t n);
 /* One batch of candidates to evaluate: k points, row by row (k × n), all in
  * the box. generation is 0 for x0, then counts CMA-ES generations (across
  * restarts) or NLopt evaluations; first_eval is the 0-based index of the
- * batch's first evaluation; sigma is CMA-ES's step size (NaN for NLopt). */
+ * batch's first evaluation; sigma is CMA-ES's step size (NaN for NLopt);
+ * popsize and restarts are CMA-ES's current λ and restarts so far (with
+ * stop_reason the criterion that ended the previous run), 1 and 0 for NLopt. */
 struct lora_optim_batch {
 	long generation;
 	long first_eval;
 	size_t k;
 	const double *x;
 	double sigma;
+	size_t popsize;
+	int restarts;
+	const char *stop_reason;	/* NULL before the first restart */
 };
 
 /* Fill f[0..k) with the objective values. Return 0, or a negative code to

@@ -3,11 +3,14 @@
  *
  * Reads adapter_config.json + adapter_model.safetensors (a directory, or the
  * .safetensors path with the config beside it). Resolves rank_pattern and
- * alpha_pattern per module, rslora, fan_in_fan_out (the packer transposes so
- * every stream adapter means W' = W + s*B*A in the base's [out, in]
- * orientation; meta keeps the original config so unpack restores PEFT's
- * layout). Refuses DoRA, lora_bias and modules_to_save weights, naming the
- * feature and the file.
+ * alpha_pattern per module (as PEFT 0.10 does), rslora, fan_in_fan_out.
+ * fan_in_fan_out needs no transposing: PEFT stores lora_A [r, in] and
+ * lora_B [out, r] for GPT-2's Conv1D too (it transposes only the product
+ * when folding into the [in, out] Conv1D weight), so every adapter read
+ * already means W' = W + s*B*A in the [out, in] orientation; a model loader
+ * folds (s*B*A)^T into a Conv1D weight. meta.config keeps the original
+ * config (fan_in_fan_out included) and unpack writes it back. Refuses DoRA,
+ * lora_bias and modules_to_save weights, naming the feature and the file.
  */
 #ifndef LORA_PEFT_H
 #define LORA_PEFT_H

@@ -33,7 +33,7 @@ struct lora_proc {
 	/* stderr thread */
 	pthread_t thr;
 	int thr_started;
-	volatile int thr_stop;
+	volatile int thr_stop, thr_done;
 	pthread_mutex_t mu;
 	char tail[TAIL_MAX];
 	size_t tail_len;
@@ -94,6 +94,7 @@ static void *stderr_thread(void *arg)
 		}
 		tail_add(p, buf, (size_t)n);
 	}
+	p->thr_done = 1;
 	return NULL;
 }
 
@@ -342,7 +343,7 @@ static int wait_until(struct lora_proc *p, double seconds)
 	while (!lora_proc_exited(p, NULL)) {
 		if (now_s() >= end)
 			return 0;
-		struct timespec ts = {0, 10 * 1000 * 1000};
+		struct timespec ts = {0, 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
 	return 1;
@@ -363,10 +364,10 @@ int lora_proc_finish(struct lora_proc *p, double grace, int *status)
 		}
 	}
 	if (p->thr_started) {
-		/* give the thread a moment to copy the last stderr bytes */
-		struct pollfd pf = {.fd = p->err_fd, .events = POLLIN};
-		for (int i = 0; i < 20 && poll(&pf, 1, 0) > 0; i++) {
-			struct timespec ts = {0, 10 * 1000 * 1000};
+		/* the thread ends at the end of the child's stderr; a grandchild
+		 * may keep it open, so wait at most a second, then stop it */
+		for (int i = 0; i < 1000 && !p->thr_done; i++) {
+			struct timespec ts = {0, 1000 * 1000};
 			nanosleep(&ts, NULL);
 		}
 		p->thr_stop = 1;

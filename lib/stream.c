@@ -9,9 +9,11 @@
  * seen all of its bytes. That way a garbage header that announces a 4-billion
  * element array can never make msgpack-c allocate for it (the record would
  * have to be that long first), a truncated record is told apart from a clean
- * end of stream at any byte offset, and at most one record (plus one read
- * chunk) is held in memory. Each record is then decoded and validated into
- * struct lora_record; keys a kind does not define are kept as lora_doc trees.
+ * end of stream at any byte offset, and the buffer only ever holds the
+ * current record and the start of the next (msgpack-c grows it by doubling).
+ * Each record is then decoded and validated into struct lora_record (its
+ * tensor data copied out); keys a kind does not define are kept as lora_doc
+ * trees.
  *
  * Writing. Records are packed straight into the FILE through a msgpack_packer
  * callback (tensor data is written from the caller's buffer, never copied),
@@ -1627,8 +1629,10 @@ int lora_writer_put_adapter(struct lora_writer *w, const struct lora_adapter *a,
 int lora_writer_put_weights(struct lora_writer *w, const struct lora_weights *ws,
 			    struct lora_err *err)
 {
+	if (ws->n && (!ws->names || !ws->w))
+		return lora_errf(err, LORA_EINVAL, "weights record without names or weights");
 	for (size_t i = 0; i < ws->n; i++)
-		if (!ws->names || !ws->names[i] || !isfinite(ws->w[i]))
+		if (!ws->names[i] || !isfinite(ws->w[i]))
 			return lora_errf(err, LORA_EINVAL, "weights record: entry %zu has no name or a non-finite weight", i);
 	int rc = writer_begin(w, err);
 	if (rc)

@@ -26,8 +26,14 @@
  * [T, C] matrix per stack, so every Linear is one sgemm over all tokens of
  * all examples; attention runs per sequence and head. Packing gives the same
  * numbers as Hugging Face's right-padded batch (its padding gets exactly zero
- * attention weight). Very large calls are split into groups of sequences to
- * bound the activation slab.
+ * attention weight). Calls with more than 4096 tokens are split into groups
+ * of whole sequences to bound the activation slab.
+ *
+ * Memory and threads: activations live in one slab per model, kept between
+ * calls (a LoraHub step repeats the same shapes) and freed with the model; it
+ * is about (3 C + 4 D + 2 F) floats per packed token plus one head's L x L
+ * scores. So one model must not run two forwards at once. Threads: those of
+ * OpenBLAS inside every product; the other kernels are single-threaded.
  *
  * Adapters: every q, k, v, o (SelfAttention, EncDecAttention), wi / wi_0 /
  * wi_1 / wo and an untied lm_head is declared adaptable; their deltas are
@@ -446,12 +452,6 @@ static void activate(enum t5_actfn act, float *x, size_t n)
 	}
 }
 
-static void add_into(float *x, const float *y, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		x[i] += y[i];
-}
-
 /* ------------------------------------------------------------------ */
 /* activations */
 
@@ -465,7 +465,6 @@ struct t5_shape {
 struct t5_act {
 	float *x;	/* [Tx, C]  residual stream */
 	float *xn;	/* [Tx, C]  layer-normed input of a sub-layer */
-	float *y;	/* [Tx, C]  a sub-layer's output before the residual add */
 	float *enc;	/* [Te, C]  encoder output (after the final norm) */
 	float *q, *k, *v;	/* [Tx, D]  projections (heads side by side) */
 	float *att;	/* [Tx, D]  attention output before o */
@@ -491,7 +490,6 @@ static size_t act_layout(struct t5_act *a, float *base, const struct t5 *t, cons
 #define VIEW(field, n) (a->field = base ? base + off : NULL, off += round16(n))
 	VIEW(x, Tx * C);
 	VIEW(xn, Tx * C);
-	VIEW(y, Tx * C);
 	VIEW(enc, (size_t)s->Te * C);
 	VIEW(q, Tx * D);
 	VIEW(k, Tx * D);
@@ -539,6 +537,21 @@ static void lin(struct t5_run *r, const struct t5_lin *l, float *y, const float 
 	lora_linear(y, x, l->w, true, NULL, d, n, T, l->in, l->out, r->a.lr);
 }
 
+/* resid[T, out] += x[T, in] · W^T + the deltas: a sub-layer's output added
+ * to the residual stream by the sgemm itself (beta = 1), which saves zeroing
+ * an output and a separate pass for the add. HF adds base + LoRA first, then
+ * the residual; the difference is float32 rounding. */
+static void lin_acc(struct t5_run *r, const struct t5_lin *l, float *resid, const float *x, int T)
+{
+	int n = 0;
+	const struct lora_delta *d = l->name[0] ? lora_model_deltas(r->m, l->name, &n) : NULL;
+	lora_matmul(resid, x, l->w, T, l->in, l->out, true, 1.0f, 1.0f);
+	for (int i = 0; i < n; i++) {
+		lora_matmul(r->a.lr, x, d[i].a, T, l->in, d[i].r, true, 1.0f, 0.0f);
+		lora_matmul(resid, r->a.lr, d[i].b, T, d[i].r, l->out, true, d[i].scale, 1.0f);
+	}
+}
+
 static int lin_rank(const struct lora_model *m, const struct t5_lin *l)
 {
 	int n = 0, R = 0;
@@ -566,9 +579,10 @@ static int max_rank(const struct lora_model *m, const struct t5 *t)
 	return R;
 }
 
-/* y[T, C] = the feed-forward sub-layer (T5DenseActDense / T5DenseGatedActDense)
- * of xn[T, C]:  wo(act(wi(x)))  or  wo(act(wi_0(x)) * wi_1(x)). */
-static void ffn(struct t5_run *r, const struct t5_block *b, float *y, const float *xn, int T)
+/* x[T, C] += the feed-forward sub-layer (T5DenseActDense /
+ * T5DenseGatedActDense) of xn[T, C]:  wo(act(wi(xn)))  or
+ * wo(act(wi_0(xn)) * wi_1(xn)). */
+static void ffn(struct t5_run *r, const struct t5_block *b, float *x, const float *xn, int T)
 {
 	const struct t5 *t = r->t;
 	size_t n = (size_t)T * t->F;
@@ -579,7 +593,7 @@ static void ffn(struct t5_run *r, const struct t5_block *b, float *y, const floa
 		for (size_t i = 0; i < n; i++)
 			r->a.f0[i] *= r->a.f1[i];
 	}
-	lin(r, &b->wo, y, r->a.f0, T);
+	lin_acc(r, &b->wo, x, r->a.f0, T);
 }
 
 /* A batch of sequences packed row after row. */
@@ -612,11 +626,9 @@ static void encode(struct t5_run *r, const struct t5_batch *bt, const struct t5_
 			attend(a->att + o, a->q + o, a->k + o, a->v + o, D, n, n, 0, a->pb, 2 * n - 1,
 			       n - 1, false, t->NH, HS, a->S);
 		}
-		lin(r, &b->o, a->y, a->att, T);
-		add_into(a->x, a->y, (size_t)T * C);
+		lin_acc(r, &b->o, a->x, a->att, T);
 		lora_rmsnorm(a->xn, a->x, b->ln_ff, T, C, t->eps);
-		ffn(r, b, a->y, a->xn, T);
-		add_into(a->x, a->y, (size_t)T * C);
+		ffn(r, b, a->x, a->xn, T);
 	}
 	lora_rmsnorm(a->enc, a->x, t->ln_enc, T, C, t->eps);
 }
@@ -652,8 +664,7 @@ static void decode(struct t5_run *r, const struct t5_batch *bt, const struct t5_
 			attend(a->att + o, a->q + o, a->k + o, a->v + o, D, n, n, 0, a->pb, 2 * n - 1,
 			       n - 1, true, t->NH, HS, a->S);
 		}
-		lin(r, &b->o, a->y, a->att, T);
-		add_into(a->x, a->y, (size_t)T * C);
+		lin_acc(r, &b->o, a->x, a->att, T);
 		/* cross-attention over the encoder output, no position bias */
 		lora_rmsnorm(a->xn, a->x, b->ln_ca, T, C, t->eps);
 		lin(r, &b->cq, a->q, a->xn, T);
@@ -667,11 +678,9 @@ static void decode(struct t5_run *r, const struct t5_batch *bt, const struct t5_
 			attend(a->att + qo, a->q + qo, a->k + ko, a->v + ko, D, nq, nk, 0, NULL, 0, 0,
 			       false, t->NH, HS, a->S);
 		}
-		lin(r, &b->co, a->y, a->att, T);
-		add_into(a->x, a->y, (size_t)T * C);
+		lin_acc(r, &b->co, a->x, a->att, T);
 		lora_rmsnorm(a->xn, a->x, b->ln_ff, T, C, t->eps);
-		ffn(r, b, a->y, a->xn, T);
-		add_into(a->x, a->y, (size_t)T * C);
+		ffn(r, b, a->x, a->xn, T);
 	}
 	lora_rmsnorm(a->xn, a->x, t->ln_dec, T, C, t->eps);
 	if (t->tied) {
@@ -763,12 +772,16 @@ static int forward(struct lora_model *m, const struct lora_seq *seqs, int n, flo
 	return 0;
 }
 
+/* Packed tokens (input + target) per forward in t5_nll. */
+#define GROUP_TOKENS 4096
+
 /* Floats of activations per packed token (to bound a group's slab). */
 static size_t per_token(const struct t5 *t)
 {
-	return 5 * (size_t)t->C + 7 * (size_t)t->D + 2 * (size_t)t->F + 64;
+	return 4 * (size_t)t->C + 5 * (size_t)t->D + 2 * (size_t)t->F + 64;
 }
 
+/* arch->nll: token NLLs of every sequence (see model.h), in groups. */
 static int t5_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, float *nll,
 		  struct lora_err *err)
 {
@@ -776,9 +789,12 @@ static int t5_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, f
 	int rc = check_seqs(t, seqs, n, false, err);
 	if (rc < 0)
 		return rc;
-	/* groups of sequences whose packed tokens fit in ~256 MB of activations,
-	 * at least one sequence each */
+	/* groups of sequences of at most GROUP_TOKENS packed tokens and ~256 MB
+	 * of activations (at least one sequence each): large enough for sgemm
+	 * to run at full speed, small enough to bound the slab */
 	size_t budget = ((size_t)256 << 20) / (per_token(t) * sizeof(float));
+	if (budget > GROUP_TOKENS)
+		budget = GROUP_TOKENS;
 	size_t i = 0, out = 0;
 	while (i < n) {
 		size_t j = i, tok = 0;
@@ -796,6 +812,7 @@ static int t5_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, f
 	return 0;
 }
 
+/* arch->logits: decoder rows 0..n_target-1 of one sequence, [n_target, V]. */
 static int t5_logits(struct lora_model *m, const struct lora_seq *seq, float **logits,
 		     size_t *rows, struct lora_err *err)
 {
@@ -824,11 +841,15 @@ struct t5_gen {
 	float *ck, *cv;	/* [n_dec][Te, D]  cross-attention keys/values, computed once */
 	float *sk, *sv;	/* [n_dec][max_new, D]  self-attention KV cache */
 	float *pb;	/* [NH, max_new]  decoder bias for distances -(max_new-1)..0 */
-	float *x, *xn, *y, *q, *att, *f0, *f1;	/* one token: [C] or [D] or [F] */
+	float *x, *xn, *q, *att, *f0, *f1;	/* one token: [C] or [D] or [F] */
 	float *lr;	/* [R] */
 	float *logits;	/* [V] */
 };
 
+/* arch->generate: greedy decoding from decoder_start. The encoder runs once,
+ * the cross-attention keys/values of every layer are computed once, and the
+ * self-attention keys/values of past positions are cached; each step runs
+ * the decoder on one token. Stops after EOS (included) or max_new tokens. */
 static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_input, size_t max_new,
 		       int32_t *out, size_t *n_out, struct lora_err *err)
 {
@@ -855,7 +876,7 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 	if ((size_t)t->F > wide)
 		wide = (size_t)t->F;
 	size_t gen_floats = 2 * round16(cross) + 2 * round16(self) + round16((size_t)NH * Tn) +
-			    7 * round16(wide);
+			    6 * round16(wide);
 	float *slab = get_slab(t, enc_floats + gen_floats);
 	if (!slab)
 		return lora_errf(err, LORA_ENOMEM, "t5: out of memory for generation");
@@ -870,7 +891,6 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 	GVIEW(pb, (size_t)NH * Tn);
 	GVIEW(x, wide);
 	GVIEW(xn, wide);
-	GVIEW(y, wide);
 	GVIEW(q, wide);
 	GVIEW(att, wide);
 	GVIEW(f0, wide);
@@ -908,17 +928,14 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 			lin(&r, &b->v, sv + (size_t)pos * D, g.xn, 1);
 			attend(g.att, g.q, sk, sv, D, 1, pos + 1, pos, g.pb, Tn, Tn - 1, true, NH, HS,
 			       r.a.S);
-			lin(&r, &b->o, g.y, g.att, 1);
-			add_into(g.x, g.y, (size_t)C);
+			lin_acc(&r, &b->o, g.x, g.att, 1);
 			lora_rmsnorm(g.xn, g.x, b->ln_ca, 1, C, t->eps);
 			lin(&r, &b->cq, g.q, g.xn, 1);
 			attend(g.att, g.q, g.ck + (size_t)l * Te * D, g.cv + (size_t)l * Te * D, D, 1, Te,
 			       0, NULL, 0, 0, false, NH, HS, r.a.S);
-			lin(&r, &b->co, g.y, g.att, 1);
-			add_into(g.x, g.y, (size_t)C);
+			lin_acc(&r, &b->co, g.x, g.att, 1);
 			lora_rmsnorm(g.xn, g.x, b->ln_ff, 1, C, t->eps);
-			ffn(&r, b, g.y, g.xn, 1);
-			add_into(g.x, g.y, (size_t)C);
+			ffn(&r, b, g.x, g.xn, 1);
 		}
 		lora_rmsnorm(g.xn, g.x, t->ln_dec, 1, C, t->eps);
 		if (t->tied) {
@@ -938,6 +955,7 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 	return 0;
 }
 
+/* The architecture model.c dispatches to for model_type "t5". */
 const struct lora_arch lora_arch_t5 = {
 	.name = "t5",
 	.load = t5_load,

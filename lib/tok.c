@@ -16,10 +16,21 @@
  * tokens when asked, then runs the decoder chain and joins the result (with
  * no decoder, tokens are joined with spaces).
  *
+ * Added tokens get the ids the library gives them, not the ones written in
+ * the file: a token the model knows keeps the model's id, others are numbered
+ * after the model vocabulary in file order (the same ids for any file the
+ * library wrote). A `normalized` added token decodes to its normalized form.
+ * Decoding does not apply transformers' clean_up_tokenization_spaces.
+ *
+ * Supported: models BPE (tok_bpe.c) and Unigram (tok_unigram.c);
+ * normalizers and pre-tokenizers as listed in tok_norm.c; post-processors
+ * TemplateProcessing (single), ByteLevel (no effect on ids), Bert/Roberta
+ * processing, Sequence; decoders ByteLevel, Metaspace, ByteFallback, Fuse,
+ * Strip, Replace, Sequence.
  * Limits: one sequence (no pairs), no truncation or padding (the file's
- * settings for those are ignored), no offsets. Refused with a message naming
- * the type: models other than BPE/Unigram, and components not listed in
- * lib/tok.h's description.
+ * settings for those are ignored), no offsets, no SentencePiece .model files.
+ * Anything else is refused with a message naming the type (WordPiece and
+ * WordLevel models, BertNormalizer, CTC/WordPiece decoders, ...).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -1173,7 +1184,21 @@ int lora_tok_open(const char *path, struct lora_tok **out, struct lora_err *err)
 	}
 	struct stat st;
 	if (stat(t->name, &st) != 0) {
-		rc = lora_errf(err, LORA_ENOTFOUND, "cannot open '%s': no such tokenizer file", t->name);
+		/* a directory with only a SentencePiece model: say why it fails */
+		char sp[4200];
+		bool has_sp = false;
+		for (int k = 0; k < 2 && !has_sp; k++) {
+			snprintf(sp, sizeof sp, "%s/%s", path, k ? "tokenizer.model" : "spiece.model");
+			has_sp = stat(sp, &st) == 0;
+		}
+		if (has_sp)
+			rc = lora_errf(err, LORA_EUNSUPPORTED,
+				       "cannot open '%s': no such file, and SentencePiece models ('%s') "
+				       "are not supported; convert it to tokenizer.json",
+				       t->name, sp);
+		else
+			rc = lora_errf(err, LORA_ENOTFOUND, "cannot open '%s': no such tokenizer file",
+				       t->name);
 		lora_tok_close(t);
 		return rc;
 	}
@@ -1411,6 +1436,12 @@ size_t lora_tok_vocab_size(const struct lora_tok *t)
 int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
 		    char **text, struct lora_err *err)
 {
+	return lora_tok_decode_len(t, ids, n, skip_special, text, NULL, err);
+}
+
+int lora_tok_decode_len(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
+			char **text, size_t *len, struct lora_err *err)
+{
 	struct tk_buf arena = {0}, out = {0};
 	struct tk_pieces toks = {0};
 	pcre2_match_data *md = NULL;
@@ -1449,5 +1480,7 @@ int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, bool
 		return rc;
 	}
 	*text = out.p;
+	if (len)
+		*len = out.len;
 	return 0;
 }

@@ -3,6 +3,8 @@
  * SentencePiece normalization via the precompiled charsmap) and BPE (byte-level
  * GPT-2/Llama-3/Qwen; SentencePiece-style with byte fallback, Llama-2/Mistral).
  * Ids equal the `tokenizers` library's on the same file.
+ * A loaded tokenizer is read-only: several threads may encode and decode with
+ * it at once. Supported components are listed in lib/tok.c.
  */
 #ifndef LORA_TOK_H
 #define LORA_TOK_H
@@ -28,6 +30,10 @@ int lora_tok_encode(const struct lora_tok *t, const char *text, size_t len, bool
  * tokens. */
 int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
 		    char **text, struct lora_err *err);
+/* The same, also giving the length: the text may contain NUL bytes (a byte
+ * token <0x00>), which lora_tok_decode's result cannot show. len may be NULL. */
+int lora_tok_decode_len(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
+			char **text, size_t *len, struct lora_err *err);
 
 size_t lora_tok_vocab_size(const struct lora_tok *t);
 /* Id of a token string, or -1. */

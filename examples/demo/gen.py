@@ -20,8 +20,10 @@ import os
 import sys
 
 NAMES = ["Tom", "Sue", "Ben", "Mia", "Sam", "Lucy"]
-PLACES = ["park", "beach", "forest", "farm", "zoo", "lake"]
-MOODS = ["happy", "sad", "angry", "scared"]
+PLACES = ["beach", "forest", "zoo", "farm", "park", "lake"]
+MOODS = ["happy", "sad"]
+POOL_NAMES = NAMES[:4]     # Sam, Lucy, park and lake only fill the free slot
+POOL_PLACES = PLACES[:4]
 OBJECTS = ["ball", "kite", "car", "doll", "book", "hat", "cake", "boat", "box", "drum"]
 ADJS = ["red", "big", "new", "little", "blue", "shiny", "soft"]
 OPENINGS = [
@@ -32,7 +34,7 @@ OPENINGS = [
     "A friend had a {adj} {obj} to share.",
     "Dad made a {adj} {obj} for the kids.",
 ]
-HELDOUT = [("Tom", "beach"), ("Sue", "forest"), ("Ben", "zoo"), ("Mia", "farm")]
+HELDOUT = [("Tom", "beach"), ("Sue", "zoo"), ("Ben", "farm"), ("Mia", "forest")]
 
 
 class Rng:
@@ -71,11 +73,11 @@ def write(path, rows):
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "data"
     seed = 1
-    for n in NAMES:
+    for n in POOL_NAMES:
         rng = Rng(seed)
         seed += 1
         write(f"{out}/pool/name-{n}.jsonl", [example(rng, name=n) for _ in range(64)])
-    for p in PLACES:
+    for p in POOL_PLACES:
         rng = Rng(seed)
         seed += 1
         write(f"{out}/pool/place-{p}.jsonl", [example(rng, place=p) for _ in range(64)])

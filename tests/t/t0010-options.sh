@@ -5,15 +5,24 @@
 #
 # Where the options are read from:
 #   --help   option lines (lines starting with blanks and '-'): every --word
-#   man      '.It' lines that carry 'Fl', and the SYNOPSIS: every 'Fl -word'
+#   man      '.It' lines that carry 'Fl', and the SYNOPSIS: every argument
+#            '-word' of an 'Fl' macro
 #   bash     completions/<tool>.bash: every --word
 #   zsh      completions/_<tool>: every --word
 . "$(dirname "$0")/lib.sh"
 
 help_opts() { "$1" --help 2>/dev/null | grep -E '^[[:space:]]*-' |
 	grep -oE -- '--[a-zA-Z][a-zA-Z0-9-]*' | sort -u; }
-man_opts() { awk '/^\.Sh /{syn = ($2 == "SYNOPSIS")} syn || /^\.It .*Fl /' "$1" |
-	grep -oE 'Fl -[a-zA-Z][a-zA-Z0-9-]*' | sed 's/^Fl -/--/' | sort -u; }
+# In mdoc every argument of Fl up to the next macro is a flag: "Fl m , -method"
+# is "-m, --method".
+man_opts() { awk '/^\.Sh /{syn = ($2 == "SYNOPSIS")} syn || /^\.It .*Fl / {
+		infl = 0
+		for (i = 1; i <= NF; i++) {
+			if ($i == "Fl" || $i == ".Fl") infl = 1
+			else if ($i ~ /^\.?[A-Z][a-z][a-z]?$/) infl = 0
+			else if (infl && $i ~ /^-[a-zA-Z][a-zA-Z0-9-]*$/) print "-" $i
+		}
+	}' "$1" | sort -u; }
 file_opts() { grep -oE -- '--[a-zA-Z][a-zA-Z0-9-]*' "$1" | sort -u; }
 
 for src in "$TOP"/bin/lora-*.c; do

@@ -61,6 +61,11 @@ test_expect_success 'unknown keys survive a pass-through (record, module, weight
 	lora-pack out.lora | cmp - out.lora
 '
 
+test_expect_success 'a pipe (FIFO) path is read as a stream' '
+	lora-pack "$FX"/mixed > m.lora && mkfifo p &&
+	{ cat m.lora > p & } && lora-pack p > out.lora && cmp m.lora out.lora
+'
+
 test_expect_success '-t summarises weights, score and unknown records' '
 	$ST mkstream in.lora "[
 	  {\"kind\": \"weights\", \"id\": 7, \"names\": [\"a\", \"b\"], \"w\": [0.25, -1.0], \"method\": \"lorahub\", \"loss\": 1.5},

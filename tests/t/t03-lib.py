@@ -21,6 +21,8 @@ when it is missing.
       write one `kind: weights` stream record on stdout (msgpack)
   dump < stream
       print each record as one line of JSON (binary data as its length)
+  check-delta STREAM ADAPTER[:WEIGHT]...
+      the first adapter record of STREAM has ΔW = Σ w ΔW_i per module (1e-5)
   batch < commands
       run one command per line (fixtures without numpy's start-up each time)
 """
@@ -379,6 +381,13 @@ def mp_pack(v):
     raise TypeError(type(v))
 
 
+KEEP_BIN = False
+
+
+class BinData(bytes):
+    pass
+
+
 def mp_unpack(buf, i):
     c = buf[i]
     i += 1
@@ -411,7 +420,7 @@ def mp_unpack(buf, i):
         w = {0xC4: 1, 0xC5: 2, 0xC6: 4}[c]
         n = int.from_bytes(buf[i:i+w], "big")
         i += w
-        return "<bin %d>" % n, i + n
+        return (BinData(buf[i:i+n]) if KEEP_BIN else "<bin %d>" % n), i + n
     if c == 0xC0:
         return None, i
     if c in (0xC2, 0xC3):
@@ -469,9 +478,51 @@ def run(cmd, args):
     if cmd not in ("weights", "dump"):
         need_numpy()
     fn = {"batch": batch, "gen-model": gen_model, "gen-big": gen_big, "gen-adapter": gen_adapter,
-          "check-fold": check_fold, "cmp-golden": cmp_golden, "weights": weights,
+          "check-fold": check_fold, "cmp-golden": cmp_golden, "weights": weights, "check-delta": check_delta,
           "dump": dump}[cmd]
     return fn(args) or 0
+
+
+def check_delta(args):
+    """The first adapter record of STREAM has, per module, ΔW = Σ w_i ΔW_i of
+    the PEFT adapters given (f32 rounding: 1e-5 of the largest entry)."""
+    global KEEP_BIN
+    KEEP_BIN = True
+    with open(args[0], "rb") as f:
+        rec, _ = mp_unpack(f.read(), 0)
+    want = {}
+    for spec in args[1:]:
+        path, _, w = spec.partition(":")
+        w = float(w) if w else 1.0
+        with open(os.path.join(path, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        ts, _ = read_st(os.path.join(path, "adapter_model.safetensors"))
+        for n, t in ts.items():
+            if n.endswith(".lora_A.weight"):
+                m = n[len("base_model.model.") : -len(".lora_A.weight")]
+                A, B = to_f64(*t), to_f64(*ts[n.replace("lora_A", "lora_B")])
+                r = A.shape[0]
+                sc = cfg["lora_alpha"] / (np.sqrt(r) if cfg.get("use_rslora") else r)
+                want[m] = want.get(m, 0) + w * sc * (B @ A)
+    bad = 0
+    got = {}
+    for t in rec["tensors"]:
+        def arr(x):
+            return to_f64(x["dtype"].upper(), tuple(x["shape"]), bytes(x["data"]))
+        r = t.get("r", rec["r"])
+        alpha = t.get("alpha", rec["alpha"])
+        sc = alpha / (np.sqrt(r) if rec.get("rslora") else r)
+        got[t["module"]] = sc * (arr(t["b"]) @ arr(t["a"]))
+    for m in sorted(set(want) | set(got)):
+        if m not in got or m not in want:
+            print("%s: only in %s" % (m, "the adapters" if m in want else "the merge"))
+            bad += 1
+            continue
+        d = np.abs(got[m] - want[m]).max()
+        tol = 1e-5 * np.abs(want[m]).max()
+        print("%s %s: max diff %.3g (tol %.3g)" % ("ok" if d <= tol else "BAD", m, d, tol))
+        bad += d > tol
+    return 1 if bad else 0
 
 
 def main():

@@ -105,8 +105,11 @@ test_expect_success 'the same seed gives the same output and trace' '
 
 test_expect_success 'IPOP restarts double the population' '
 	$FAKE pool 2 >pool.lora &&
-	lora-cmaes --method cmaes --budget 3000 --restarts 2 --sigma0 1 -- $FAKE obj <pool.lora >out.lora 2>err &&
-	test_grep "2 restarts" err
+	lora-cmaes --method cmaes --budget 200 --restarts 2 --l1 0 --trace tr.csv \
+		-- $FAKE obj --const 1 <pool.lora >out.lora 2>err &&
+	test_grep "stop: tolflatfitness, 2 restarts" err &&
+	test_grep "restart 2 after tolflatfitness: population 24" err &&
+	awk -F, "NR > 1 { g[\$1]++ } END { for (k in g) c[g[k]]++; if (c[1] != 1 || c[6] != 2 || c[12] != 2 || c[24] != 2) exit 1 }" tr.csv
 '
 
 test_expect_success '--l1 changes the objective; -v prints every evaluation' '

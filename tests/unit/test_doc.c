@@ -272,6 +272,14 @@ static void test_unicode(void)
 	      "JSON keys over 1024 chars and keys before a line break (%s)", d ? "" : err.msg);
 	lora_doc_free(d);
 	free(big);
+	/* raw U+0085 / U+2028 / U+2029 are characters in JSON, line breaks in
+	 * YAML: JSON keeps them (in keys too), YAML folds them */
+	d = parse("{\"k\xc2\x85\": \"a\xe2\x80\xa8" "b\xe2\x80\xa9\\n\"}");
+	check(d && !strcmp(d->u.map.keys[0], "k\xc2\x85") &&
+		      !strcmp(d->u.map.vals[0].u.str.s, "a\xe2\x80\xa8" "b\xe2\x80\xa9\n"),
+	      "JSON keeps raw NEL, LS, PS in strings and keys (%s)", d ? "" : err.msg);
+	json_is(d, 0, "{\"k\\u0085\":\"a\\u2028b\\u2029\\n\"}", "writer escapes NEL, LS, PS");
+	lora_doc_free(d);
 	d = parse("[\"a\"\n, \"b\"]");
 	check(d && d->type == LORA_DOC_ARRAY && d->u.arr.n == 2, "strings in arrays are not keys");
 	lora_doc_free(d);

@@ -202,10 +202,16 @@ static void check_run(struct lora_model *m, const char *model, const char *run)
 			char what[256];
 			snprintf(what, sizeof what, "%s %s: logits first8", model, run);
 			size_t r8 = (size_t)f8->shape[0];
-			check_close_f32(lg, f8->data, r8 * V, 1e-4, 0, what);
+			/* 2e-4 absolute, not 1e-4: on stories260K with extra_r8_all
+			 * the golden's own float32 logits differ from a float64
+			 * evaluation of the same model by up to 1.4e-4 (ours by
+			 * 1.1e-4; measured with numpy), so a 1e-4 bound between two
+			 * float32 evaluations would test rounding noise. Every other
+			 * model/adapter stays below 2e-5 (see the printed diffs). */
+			check_close_f32(lg, f8->data, r8 * V, 2e-4, 0, what);
 			size_t first = t5 ? 0 : seqs[0].n_input - 1;
 			snprintf(what, sizeof what, "%s %s: logits target_rows", model, run);
-			check_close_f32(lg + first * V, tr->data, (size_t)tr->shape[0] * V, 1e-4, 0, what);
+			check_close_f32(lg + first * V, tr->data, (size_t)tr->shape[0] * V, 2e-4, 0, what);
 		}
 		free(lg);
 		lora_st_close(st);

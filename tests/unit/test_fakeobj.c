@@ -16,6 +16,7 @@
  *     --nan-at ID      loss NaN for ID          --inf-at ID   loss +Inf
  *     --hang-at ID     sleep (a long time) before answering ID
  *     --slow MS        sleep MS milliseconds before each answer
+ *     --const X        loss X for every candidate (a flat objective)
  *     --log FILE       append "id w..." for every weights record
  *
  * Input is read with read(2) into a msgpack unpacker (never a blocking
@@ -61,6 +62,8 @@ static void pool(int n)
 struct opts {
 	double wstar[64];
 	int nwstar;
+	double konst;
+	int has_const;
 	long die_after, close_after, bad, dup, noid, nan_at, inf_at, hang_at, slow_ms;
 	FILE *log;
 };
@@ -146,6 +149,8 @@ static int obj(const struct opts *o)
 		}
 		msgpack_unpacked_destroy(&res);
 		loss = n ? loss / n : 0;
+		if (o->has_const)
+			loss = o->konst;
 		if (id == o->nan_at)
 			loss = NAN;
 		if (id == o->inf_at)
@@ -237,6 +242,9 @@ int main(int argc, char **argv)
 				if (e == s)
 					break;
 			}
+		} else if (!strcmp(k, "--const")) {
+			o.konst = atof(v);
+			o.has_const = 1;
 		} else if (!strcmp(k, "--log")) {
 			o.log = fopen(v, "a");
 		} else {

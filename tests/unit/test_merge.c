@@ -586,6 +586,34 @@ static void test_dense(void)
 	}
 }
 
+/* DARE's masks depend on the seed and the names, not on pool order. */
+static void test_dare_order(void)
+{
+	const struct lora_adapter *rev[NA];
+	double wr[NA];
+	for (int i = 0; i < NA; i++) {
+		rev[i] = &pool[NA - 1 - i];
+		wr[i] = W[NA - 1 - i];
+	}
+	struct lora_merge_params p = lora_merge_default_params();
+	p.method = LORA_MERGE_DARE;
+	p.density = 0.6;
+	p.seed = 42;
+	p.rank = 64;
+	struct lora_adapter o1, o2;
+	struct lora_err err = { 0 };
+	if (lora_merge(pp, NA, W, &p, &o1, NULL, &err) || lora_merge(rev, NA, wr, &p, &o2, NULL, &err)) {
+		check(0, "dare order: %s", err.msg);
+		return;
+	}
+	double *g1 = product(find(&o1, "m.q")), *g2 = product(find(&o2, "m.q"));
+	compare(g1, g2, (size_t)outs[0] * ins[0], 1e-5, "dare: the same merge whatever the pool order");
+	free(g1);
+	free(g2);
+	free_adapter(&o1);
+	free_adapter(&o2);
+}
+
 static void test_errors(void)
 {
 	struct lora_merge_params p = lora_merge_default_params();
@@ -714,6 +742,7 @@ int main(void)
 	test_svd();
 	test_lorahub();
 	test_dense();
+	test_dare_order();
 	test_errors();
 	test_goldens();
 	for (int i = 0; i < NA; i++)

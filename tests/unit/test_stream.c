@@ -574,6 +574,30 @@ int main(void)
 		free(bb);
 	}
 
+	/* --- dtype conversion and sizes --- */
+	{
+		struct lora_adapter a, b;
+		make_adapter(&a, "conv", 3, 5);
+		uint64_t params, bytes;
+		lora_adapter_size(&a, &params, &bytes);
+		check(params == 4 * 3 + 5 * 4 + 2 * 3 + 5 * 2 && bytes == 4 * (12 + 20) + 2 * (6 + 10),
+		      "adapter_size: %llu params, %llu bytes", (unsigned long long)params,
+		      (unsigned long long)bytes);
+		lora_adapter_clone(&b, &a, &err);
+		int rc = lora_adapter_convert(&b, LORA_F32, &err);
+		check(!rc && b.modules[1].a.dtype == LORA_F32 && b.modules[1].b.nbytes == 40,
+		      "convert to f32");
+		float *x = lora_tensor_f32(&a.modules[1].a), *y = lora_tensor_f32(&b.modules[1].a);
+		check(x && y && !memcmp(x, y, 6 * sizeof(float)), "bf16 -> f32 is exact");
+		free(x);
+		free(y);
+		rc = lora_adapter_convert(&b, LORA_BF16, &err);
+		check(!rc && !memcmp(b.modules[1].a.data, a.modules[1].a.data, 12) &&
+		      lora_adapter_check(&b, &err) == 0, "and back to bf16 gives the same bits");
+		lora_adapter_free(&a);
+		lora_adapter_free(&b);
+	}
+
 	/* --- in-memory check and writer refusal --- */
 	{
 		struct lora_adapter a;

@@ -328,6 +328,79 @@ static void expect_refusal(const char *dir, const char *needle, const char *what
 	lora_model_close(m);
 }
 
+/* API edge cases on a generated model: an empty target inside a batch, a
+ * zero-length generation, ids out of range, logits consistent with nll. */
+static void check_edges(const char *dir)
+{
+	struct lora_model *m = NULL;
+	struct lora_err err = { 0 };
+	if (!check(lora_model_open(dir, &m, &err) == 0, "open %s %s", dir, err.msg))
+		return;
+	int32_t in0[] = { 5, 9, 17, 3, 22, 1 }, tg0[] = { 7, 8, 1 };
+	int32_t in1[] = { 30, 2, 11, 40, 1 }, tg1[] = { 4, 6, 1 };
+	struct lora_seq two[] = { { in0, 6, tg0, 3 }, { in1, 5, tg1, 3 } };
+	struct lora_seq three[] = { two[0], { in1, 5, tg1, 0 }, two[1] };
+	float a[6], b[6];
+	int rc1 = lora_model_nll(m, two, 2, a, &err);
+	int rc2 = lora_model_nll(m, three, 3, b, &err);
+	check(rc1 == 0 && rc2 == 0, "nll with and without an empty target in the batch");
+	/* (the packed encoder batch differs, so sgemm may round differently) */
+	check_close_f32(b, a, 6, 0, 1e-5, "a sequence with no target tokens changes nothing else");
+	float *lg = NULL;
+	size_t rows = 0;
+	int V = lora_model_info(m)->vocab;
+	if (check(lora_model_logits(m, &two[1], &lg, &rows, &err) == 0 && rows == 3,
+		  "logits of one sequence: 3 rows")) {
+		float want[3];
+		for (int i = 0; i < 3; i++) {
+			double mx = -INFINITY, z = 0;
+			for (int j = 0; j < V; j++)
+				mx = lg[i * V + j] > mx ? lg[i * V + j] : mx;
+			for (int j = 0; j < V; j++)
+				z += exp(lg[i * V + j] - mx);
+			want[i] = (float)(mx + log(z) - lg[i * V + tg1[i]]);
+		}
+		check_close_f32(a + 3, want, 3, 1e-5, 1e-5, "nll rows == -log_softmax(logits)[target]");
+	}
+	free(lg);
+	int32_t out[4] = { -7, -7, -7, -7 };
+	size_t n_out = 99;
+	check(lora_model_generate(m, in0, 6, 0, out, &n_out, &err) == 0 && n_out == 0 && out[0] == -7,
+	      "generate with max_new 0 writes nothing");
+	int32_t bad[] = { 5, 64, 1 };
+	struct lora_seq bs = { bad, 3, tg0, 3 };
+	int rc = lora_model_nll(m, &bs, 1, a, &err);
+	check(rc < 0 && strstr(err.msg, "64"), "an input id outside the vocabulary is refused (%s)",
+	      rc < 0 ? err.msg : "accepted");
+	struct lora_seq empty = { in0, 0, tg0, 3 };
+	rc = lora_model_nll(m, &empty, 1, a, &err);
+	check(rc < 0, "an empty input is refused (%s)", rc < 0 ? err.msg : "accepted");
+	/* 2002 + 1003 + 2002 tokens: t5_nll packs at most 4096 per forward, so
+	 * this runs as two groups; each sequence must score as it does alone */
+	int32_t *longin = malloc(2000 * sizeof *longin);
+	for (int i = 0; i < 2000; i++)
+		longin[i] = 2 + (i * 7 + i / 13) % 60;
+	longin[1999] = 1;
+	struct lora_seq big[3] = { { longin, 2000, tg0, 2 }, { longin + 1000, 1000, tg1, 3 },
+				   { longin, 2000, tg1, 2 } };
+	float g[7], one[3];
+	rc = lora_model_nll(m, big, 3, g, &err);
+	int ok = rc == 0;
+	size_t o = 0;
+	double worst = 0;
+	for (int k = 0; k < 3 && ok; k++) {
+		ok = lora_model_nll(m, &big[k], 1, one, &err) == 0;
+		for (size_t i = 0; i < big[k].n_target; i++, o++) {
+			double d = fabs(g[o] - one[i]) / fabs(one[i]);
+			worst = d > worst ? d : worst;
+		}
+	}
+	check(ok && worst <= 1e-5, "long sequences split into groups score as alone (max rel diff %.3g)",
+	      worst);
+	free(longin);
+	lora_model_close(m);
+}
+
 /* The reference numbers t5_gen.py wrote (float64 numpy forward). */
 static int expected(const char *dir, double *loss, int32_t *gen, size_t *n_gen)
 {
@@ -395,7 +468,8 @@ static void check_generated(const char *gen)
 	check_reference(d[3], l[3], g[3], ng[3], "untied relu f32");
 	check_reference(d[1], l[1], g[1], ng[1], "tied gated-gelu bf16");
 	check_near(l[2], l[1], 0, 1e-6, "bf16 weights == their exact f32 upcast (loss)");
-	check_near(l[1], l[0], 0, 2e-2, "bf16 weights within bf16 tolerance of the f32 originals");
+	check_near(l[1], l[0], 0, 5e-3, "bf16 weights within bf16 tolerance of the f32 originals");
+	check_edges(d[3]);
 
 	/* without lm_head.weight an untied config must be refused naming it */
 	sh("%s -c \"import json,sys;p=sys.argv[1];c=json.load(open(p));"

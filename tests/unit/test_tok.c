@@ -227,6 +227,25 @@ static const char *TINY_UNIGRAM =
 	"[\"<pad>\",0.0],[\"</s>\",0.0],[\"<unk>\",0.0],[\"\\u2581\",-2.0],[\"a\",-3.0],[\"b\",-3.0],"
 	"[\"\\u2581ab\",-4.0],[\"\\u2581a\",-3.5],[\"ab\",-3.0],[\"fi\",-5.0]]}}";
 
+/* SentencePiece-style BPE (Llama-2/stories260K): dummy prefix, byte fallback. */
+static const char *TINY_SPBPE =
+	"{\"version\":\"1.0\",\"added_tokens\":["
+	"{\"id\":0,\"content\":\"<unk>\",\"normalized\":false,\"special\":true},"
+	"{\"id\":1,\"content\":\"<s>\",\"normalized\":false,\"special\":true}],"
+	"\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"\\u2581\"},"
+	"{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\\u2581\"}]},"
+	"\"pre_tokenizer\":null,"
+	"\"post_processor\":{\"type\":\"TemplateProcessing\","
+	"\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
+	"\"pair\":[],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[1],\"tokens\":[\"<s>\"]}}},"
+	"\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"\\u2581\"},"
+	"\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},"
+	"{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":0}]},"
+	"\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,\"byte_fallback\":true,"
+	"\"vocab\":{\"<unk>\":0,\"<s>\":1,\"</s>\":2,\"<0xC3>\":3,\"<0xA9>\":4,\"<0x00>\":5,"
+	"\"\\u2581\":6,\"a\":7,\"b\":8,\"\\u2581a\":9,\"ab\":10,\"\\u2581ab\":11},"
+	"\"merges\":[\"\\u2581 a\",\"a b\",\"\\u2581a b\"]}}";
+
 static void tiny_tests(void)
 {
 	char dirbuf[4096];
@@ -277,6 +296,25 @@ static void tiny_tests(void)
 		check(enc_is(t, "axxb", false, (int32_t[]){7, 2, 5}, 3), "unknown chars fused to one <unk>");
 		check(enc_is(t, "ab</s>", false, (int32_t[]){6, 1}, 2), "</s> split before the model");
 		check(dec_is(t, (int32_t[]){6, 7, 1}, 3, true, "ab a"), "Metaspace decode");
+		lora_tok_close(t);
+	} else {
+		printf("# %s\n", err.msg);
+	}
+
+	snprintf(path, sizeof path, "%s", write_file(dir, "spbpe.json", TINY_SPBPE));
+	t = NULL;
+	if (check(lora_tok_open(path, &t, &err) == 0, "open tiny SentencePiece-style BPE")) {
+		/* "▁ab▁é": ▁a (rank 0) then ▁a+b (rank 2); é has no piece -> bytes */
+		check(enc_is(t, "ab \xc3\xa9", true, (int32_t[]){1, 11, 6, 3, 4}, 5),
+		      "byte fallback for a char without a piece");
+		check(enc_is(t, "xx", false, (int32_t[]){6, 0}, 2), "unknown chars fused into one <unk>");
+		check(dec_is(t, (int32_t[]){1, 11, 6, 3, 4}, 5, true, "ab \xc3\xa9"),
+		      "decode: byte pieces back to UTF-8, dummy prefix stripped");
+		char *s = NULL;
+		size_t n = 0;
+		int rc = lora_tok_decode_len(t, (int32_t[]){7, 5, 8}, 3, true, &s, &n, &err);
+		check(rc == 0 && n == 3 && memcmp(s, "a\0b", 3) == 0, "decode_len keeps a NUL byte");
+		free(s);
 		lora_tok_close(t);
 	} else {
 		printf("# %s\n", err.msg);
