@@ -20,6 +20,7 @@
  * AVX-512 and the variable is unset (LORA_NO_REEXEC=1 disables), as the
  * tools do.
  */
+#include "cpu.h"
 #include "model.h"
 #include "ops.h"
 #include "st.h"
@@ -420,11 +421,7 @@ static void bench(const struct shape *s, int steps)
 
 int main(int argc, char **argv)
 {
-	if (__builtin_cpu_supports("avx512f") && !getenv("OPENBLAS_CORETYPE") &&
-	    !getenv("LORA_NO_REEXEC")) {
-		setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
-		execv("/proc/self/exe", argv);
-	}
+	lora_cpu_fast_blas_reexec(argv);
 	atexit(cleanup);
 	const char *which = argc > 1 ? argv[1] : "all";
 	int steps = argc > 2 ? atoi(argv[2]) : 0;

@@ -1,5 +1,6 @@
 /* cli — shared main() helpers for the lora-* tools; see cli.h. */
 #include "cli.h"
+#include "cpu.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -10,32 +11,14 @@
 
 const char *lora_prog = "lora";
 
-static bool cpu_has_avx512(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#else
-	return false;
-#endif
-}
-
 void lora_cli_init(int argc, char **argv, bool want_fast_blas)
 {
 	(void)argc;
 	const char *slash = strrchr(argv[0], '/');
 	lora_prog = slash ? slash + 1 : argv[0];
 	signal(SIGPIPE, SIG_IGN);
-	if (want_fast_blas && !getenv("OPENBLAS_CORETYPE") && !getenv("LORA_NO_REEXEC") &&
-	    cpu_has_avx512()) {
-		/* OpenBLAS picks its kernels when it loads, before main: the only
-		 * way to get the AVX-512 ones is to start again with the variable
-		 * set. If exec fails we simply go on with the default kernels. */
-		setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
-		execv("/proc/self/exe", argv);
-		unsetenv("OPENBLAS_CORETYPE");
-	}
+	if (want_fast_blas)
+		lora_cpu_fast_blas_reexec(argv);
 }
 
 static void vmsg(const char *fmt, va_list ap)

@@ -19,10 +19,9 @@ enum { LORA_EXIT_OK = 0, LORA_EXIT_FAIL = 1, LORA_EXIT_USAGE = 2 };
 extern const char *lora_prog;
 
 /* Set the program name, ignore SIGPIPE (a closed pipe becomes a reported
- * write error, not a silent death). When want_fast_blas is true and the CPU
- * has AVX-512 but OPENBLAS_CORETYPE is unset, re-execute the program with
- * OPENBLAS_CORETYPE=SkylakeX (OpenBLAS reads it only when it loads); set
- * LORA_NO_REEXEC=1 to disable. */
+ * write error, not a silent death). When want_fast_blas is true, re-execute
+ * with OpenBLAS's AVX-512 kernels where the CPU has them (lib/cpu.h says
+ * when; LORA_BLAS_CORETYPE forces a core type, LORA_NO_REEXEC=1 disables). */
 void lora_cli_init(int argc, char **argv, bool want_fast_blas);
 
 /* "prog: message\n" on stderr. */

@@ -113,7 +113,7 @@ static const char *check_tmpdir(const char *name)
 	static char buf[4096];
 	const char *root = getenv("LORA_TMP");
 	snprintf(buf, sizeof buf, "%s/%s", root && *root ? root : "/tmp", name);
-	char cmd[4200];
+	char cmd[8400];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", buf, buf);
 	if (system(cmd) != 0)
 		return NULL;
