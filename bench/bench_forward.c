@@ -140,7 +140,7 @@ static double sgemm_rate(int M)
 		flop += 2.0 * M * shp[j][0] * shp[j][1];
 	}
 	double best = 0;
-	for (int rep = 0; rep < 3; rep++) {
+	for (int rep = 0; rep < 1; rep++) {
 		double t0 = now();
 		for (int l = 0; l < L; l++)
 			for (int j = 0; j < 7; j++)
@@ -228,17 +228,20 @@ int main(void)
 	double attn = (double)NSEQ * L * NH * 2.0 * 2.0 * HS * (len * (len + 1) / 2.0);
 	double flop = 2.0 * nonemb * T + attn + 2.0 * NSEQ * NTG * (double)C * V;
 	lora_model_nll(m, seqs, NSEQ, nll, &err);	/* warm up */
-	double fwd = 1e30;
-	for (int rep = 0; rep < 3; rep++) {
+	/* forward and plain sgemm interleaved, best of each: the hosts are
+	 * shared and noisy, and both sides should see the same conditions */
+	double fwd = 1e30, blas = 0;
+	for (int rep = 0; rep < 4; rep++) {
 		double t0 = now();
 		if (lora_model_nll(m, seqs, NSEQ, nll, &err) < 0) {
 			fprintf(stderr, "bench_forward: %s\n", err.msg);
 			return 1;
 		}
-		double dt = now() - t0;
+		double dt = now() - t0, b = sgemm_rate(T);
 		fwd = dt < fwd ? dt : fwd;
+		blas = b > blas ? b : blas;
 	}
-	double rate = flop / fwd / 1e9, blas = sgemm_rate(T);
+	double rate = flop / fwd / 1e9;
 	printf("bench_forward: smollm-135m f32 nll 5x200 tokens: %.3f s, %.0f tok/s, %.1f GFLOP/s; "
 	       "sgemm on the same shapes: %.1f GFLOP/s; ratio %.0f%% (target >= 70%%)\n",
 	       fwd, T / fwd, rate, blas, 100 * rate / blas);

@@ -35,9 +35,10 @@ static size_t load_inputs(const char *root, struct lora_doc **docs, size_t nd,
 			  const struct lora_doc **texts)
 {
 	static const char *tasks[] = {
-		"boolean_expressions", "date_understanding", "navigate", "object_counting",
-		"sports_understanding", "word_sorting", "causal_judgement", "disambiguation_qa",
-		"formal_fallacies", "geometric_shapes", "hyperbaton", "logical_deduction_five_objects",
+		"boolean_expressions", "date_understanding",   "navigate",
+		"object_counting",     "sports_understanding", "word_sorting",
+		"causal_judgement",    "disambiguation_qa",    "formal_fallacies",
+		"geometric_shapes",    "hyperbaton",           "logical_deduction_five_objects",
 	};
 	size_t n = 0;
 	for (size_t k = 0; k < sizeof tasks / sizeof tasks[0] && k < nd && n < N_TEXTS; k++) {
@@ -47,8 +48,8 @@ static size_t load_inputs(const char *root, struct lora_doc **docs, size_t nd,
 		if (lora_doc_parse_file(path, &docs[k], &err))
 			continue;
 		const struct lora_doc *ex = lora_doc_get(docs[k], "examples");
-		for (size_t i = 0; ex && ex->type == LORA_DOC_ARRAY && i < ex->u.arr.n && n < N_TEXTS;
-		     i++) {
+		for (size_t i = 0;
+		     ex && ex->type == LORA_DOC_ARRAY && i < ex->u.arr.n && n < N_TEXTS; i++) {
 			const struct lora_doc *in = lora_doc_get(&ex->u.arr.items[i], "input");
 			if (in && in->type == LORA_DOC_STRING)
 				texts[n++] = in;
@@ -90,15 +91,16 @@ int main(void)
 		for (size_t i = 0; i < n; i++) {
 			int32_t *ids;
 			size_t m;
-			if (lora_tok_encode(t, texts[i]->u.str.s, texts[i]->u.str.len, true, &ids, &m,
-					    &err) == 0) {
+			if (lora_tok_encode(t, texts[i]->u.str.s, texts[i]->u.str.len, true, &ids,
+					    &m, &err) == 0) {
 				ntok += m;
 				free(ids);
 			}
 		}
 		double t2 = now(), c2 = cpu();
 		printf("bench_tok %-15s load %.3f s wall %.3f s cpu (%.2fx the 0.5 s target), "
-		       "encode %zu BBH inputs %.3f s wall %.3f s cpu = %.0f tokens/s (%.2fx the 1 s "
+		       "encode %zu BBH inputs %.3f s wall %.3f s cpu = %.0f tokens/s (%.2fx the 1 "
+		       "s "
 		       "target)\n",
 		       dirs[k], t1 - t0, c1 - c0, (t1 - t0) / 0.5, n, t2 - t1, c2 - c1,
 		       (double)ntok / (t2 - t1), (t2 - t1) / 1.0);

@@ -14,7 +14,7 @@
  *
  * Limits: lorahub/mean need equal ranks per module; the dense methods (ties,
  * dare, magnitude) cost about 5 x out x in x 8 bytes of memory per module and
- * one dense SVD (LAPACK dgesdd) per module.
+ * one dense SVD per module (LAPACK dgesvdx for the leading K triplets).
  */
 #include "merge.h"
 
@@ -579,22 +579,42 @@ static int refactor(double *D, const struct job *j, int K, struct lora_module *o
 		    int *t_out, struct lora_err *err)
 {
 	int out = (int)j->out, in = (int)j->in, t = out < in ? out : in;
+	int Ke = K < t ? K : t;
 	/* Row-major D is column-major D^T (in x out) = U1 S VT1, so
-	 * D = VT1^T S U1^T: B'[o,k] = VT1[k,o] √S_k, A'[k,c] = √S_k U1[c,k]. */
+	 * D = VT1^T S U1^T: B'[o,k] = VT1[k,o] √S_k, A'[k,c] = √S_k U1[c,k].
+	 * When truncating, only the Ke leading triplets are computed (dgesvdx)
+	 * and the error comes from ||D||_F^2 = Σ S_j^2. */
+	int ldvt = Ke < t ? Ke : t;
 	double *S = xcalloc((size_t)t, sizeof(double));
-	double *U1 = xcalloc((size_t)in * (size_t)t, sizeof(double));
-	double *VT1 = xcalloc((size_t)t * (size_t)out, sizeof(double));
+	double *U1 = xcalloc((size_t)in * (size_t)ldvt, sizeof(double));
+	double *VT1 = xcalloc((size_t)ldvt * (size_t)out, sizeof(double));
+	lapack_int *superb = Ke < t ? xcalloc(12 * (size_t)t, sizeof *superb) : NULL;
 	int rc = 0;
-	if (!S || !U1 || !VT1) {
+	if (!S || !U1 || !VT1 || (Ke < t && !superb)) {
 		rc = lora_errf(err, LORA_ENOMEM, "module '%s': out of memory", j->name);
 		goto done;
 	}
-	if (LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', in, out, D, in, S, U1, in, VT1, t)) {
-		rc = lora_errf(err, LORA_EINVAL, "module '%s': SVD did not converge", j->name);
-		goto done;
+	if (Ke < t) {
+		double fro = 0, kept = 0;
+		for (size_t e = 0; e < (size_t)in * (size_t)out; e++)
+			fro += D[e] * D[e];
+		lapack_int ns = 0;
+		if (LAPACKE_dgesvdx(LAPACK_COL_MAJOR, 'V', 'V', 'I', in, out, D, in, 0, 0, 1, Ke, &ns,
+				    S, U1, in, VT1, ldvt, superb) ||
+		    ns != Ke) {
+			rc = lora_errf(err, LORA_EINVAL, "module '%s': SVD did not converge", j->name);
+			goto done;
+		}
+		for (int k = 0; k < Ke; k++)
+			kept += S[k] * S[k];
+		*e_out = fro > 0 && fro > kept ? sqrt((fro - kept) / fro) : 0.0;
+	} else {
+		if (LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', in, out, D, in, S, U1, in, VT1, ldvt)) {
+			rc = lora_errf(err, LORA_EINVAL, "module '%s': SVD did not converge", j->name);
+			goto done;
+		}
+		*e_out = trunc_error(S, t, Ke);
 	}
-	int Ke = K < t ? K : t;
-	*e_out = trunc_error(S, t, Ke);
 	*t_out = t;
 	rc = module_alloc(om, j, Ke, err);
 	if (rc)
@@ -607,12 +627,13 @@ static int refactor(double *D, const struct job *j, int K, struct lora_module *o
 				(float)(rs * U1[(size_t)k * (size_t)in + (size_t)c]);
 		for (int o = 0; o < out; o++)
 			fb[(size_t)o * (size_t)Ke + (size_t)k] =
-				(float)(rs * VT1[(size_t)o * (size_t)t + (size_t)k]);
+				(float)(rs * VT1[(size_t)o * (size_t)ldvt + (size_t)k]);
 	}
 done:
 	free(S);
 	free(U1);
 	free(VT1);
+	free(superb);
 	return rc;
 }
 

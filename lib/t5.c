@@ -265,16 +265,19 @@ static int load_block(struct t5_loader *L, const struct t5 *t, struct t5_block *
 	     (rc = get_lin(L, &b->cv, D, C, "%s.block.%d.layer.1.EncDecAttention.v", stack, i)) < 0 ||
 	     (rc = get_lin(L, &b->co, C, D, "%s.block.%d.layer.1.EncDecAttention.o", stack, i)) < 0))
 		return rc;
-	if ((rc = get_w(L, &b->ln_ff, C, 0, "%s.block.%d.layer.%d.layer_norm.weight", stack, i, ff)) < 0)
+#define FF "%s.block.%d.layer.%d."
+	if ((rc = get_w(L, &b->ln_ff, C, 0, FF "layer_norm.weight", stack, i, ff)) < 0)
 		return rc;
 	if (t->gated) {
-		if ((rc = get_lin(L, &b->wi, F, C, "%s.block.%d.layer.%d.DenseReluDense.wi_0", stack, i, ff)) < 0 ||
-		    (rc = get_lin(L, &b->wi1, F, C, "%s.block.%d.layer.%d.DenseReluDense.wi_1", stack, i, ff)) < 0)
+		if ((rc = get_lin(L, &b->wi, F, C, FF "DenseReluDense.wi_0", stack, i, ff)) < 0 ||
+		    (rc = get_lin(L, &b->wi1, F, C, FF "DenseReluDense.wi_1", stack, i, ff)) < 0)
 			return rc;
-	} else if ((rc = get_lin(L, &b->wi, F, C, "%s.block.%d.layer.%d.DenseReluDense.wi", stack, i, ff)) < 0) {
+	} else if ((rc = get_lin(L, &b->wi, F, C, FF "DenseReluDense.wi", stack, i, ff)) < 0) {
 		return rc;
 	}
-	return get_lin(L, &b->wo, C, F, "%s.block.%d.layer.%d.DenseReluDense.wo", stack, i, ff);
+	rc = get_lin(L, &b->wo, C, F, FF "DenseReluDense.wo", stack, i, ff);
+#undef FF
+	return rc;
 }
 
 static void t5_state_free(struct t5 *t)
@@ -481,7 +484,8 @@ static size_t round16(size_t n)
 }
 
 /* Lay the views out from base (NULL: only measure); returns floats needed. */
-static size_t act_layout(struct t5_act *a, float *base, const struct t5 *t, const struct t5_shape *s)
+static size_t act_layout(struct t5_act *a, float *base, const struct t5 *t,
+			 const struct t5_shape *s)
 {
 	size_t off = 0;
 	size_t Tx = (size_t)(s->Te > s->Td ? s->Te : s->Td);
@@ -841,8 +845,8 @@ struct t5_gen {
 	float *ck, *cv;	/* [n_dec][Te, D]  cross-attention keys/values, computed once */
 	float *sk, *sv;	/* [n_dec][max_new, D]  self-attention KV cache */
 	float *pb;	/* [NH, max_new]  decoder bias for distances -(max_new-1)..0 */
-	float *x, *xn, *q, *att, *f0, *f1;	/* one token: [C] or [D] or [F] */
-	float *lr;	/* [R] */
+	float *x, *xn, *q, *att;	/* one token: [C] or [D] (the feed-forward uses the
+					 * encoder's f0/f1, which hold at least one row) */
 	float *logits;	/* [V] */
 };
 
@@ -870,13 +874,9 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 	struct t5_run r = { m, t, { 0 } };
 	size_t enc_floats = act_layout(&r.a, NULL, t, &s);
 	size_t cross = (size_t)t->n_dec * Te * D, self = (size_t)t->n_dec * Tn * D;
-	size_t wide = (size_t)C;	/* one token's widest vector: max(C, D, F) */
-	if ((size_t)D > wide)
-		wide = (size_t)D;
-	if ((size_t)t->F > wide)
-		wide = (size_t)t->F;
+	size_t wide = (size_t)(C > D ? C : D);	/* one token's vector: [C] or [D] */
 	size_t gen_floats = 2 * round16(cross) + 2 * round16(self) + round16((size_t)NH * Tn) +
-			    6 * round16(wide);
+			    4 * round16(wide);
 	float *slab = get_slab(t, enc_floats + gen_floats);
 	if (!slab)
 		return lora_errf(err, LORA_ENOMEM, "t5: out of memory for generation");
@@ -893,11 +893,8 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 	GVIEW(xn, wide);
 	GVIEW(q, wide);
 	GVIEW(att, wide);
-	GVIEW(f0, wide);
-	GVIEW(f1, wide);
 #undef GVIEW
-	g.lr = r.a.lr;		/* the encoder's scratch is at least [1, R] */
-	g.logits = r.a.logits;	/* [1, V] */
+	g.logits = r.a.logits;	/* [1, V]; the LoRA scratch r.a.lr is at least [1, R] */
 
 	encode(&r, &bt, &s);
 	/* cross-attention keys and values of every decoder layer, once */
@@ -911,10 +908,7 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 		for (int h = 0; h < NH; h++)
 			g.pb[(size_t)h * Tn + (Tn - 1) + d] = t->rel_dec[(size_t)bucket * NH + h];
 	}
-	/* one token at a time; the feed-forward uses the run's f0/f1 views */
-	float *f0 = r.a.f0, *f1 = r.a.f1;
-	r.a.f0 = g.f0;
-	r.a.f1 = g.f1;
+	/* one token at a time */
 	int tok = t->start;
 	size_t n = 0;
 	for (int pos = 0; pos < Tn; pos++) {
@@ -949,8 +943,6 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 		if (tok == t->eos)
 			break;
 	}
-	r.a.f0 = f0;
-	r.a.f1 = f1;
 	*n_out = n;
 	return 0;
 }

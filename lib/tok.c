@@ -523,7 +523,8 @@ static int post_load(struct tk_post *p, const struct lora_doc *d, const char *fi
 		const struct lora_doc *a = lora_doc_get(d, "processors");
 		p->type = TK_PP_SEQ;
 		if (!a || a->type != LORA_DOC_ARRAY)
-			return lora_errf(err, LORA_EFORMAT, "%s: post_processor Sequence without processors", file);
+			return lora_errf(err, LORA_EFORMAT,
+					 "%s: post_processor Sequence without processors", file);
 		p->sub = calloc(a->u.arr.n + 1, sizeof *p->sub);
 		if (!p->sub)
 			return LORA_ENOMEM;
@@ -536,7 +537,7 @@ static int post_load(struct tk_post *p, const struct lora_doc *d, const char *fi
 		return 0;
 	}
 	if (!strcmp(type, "ByteLevel")) {
-		p->type = TK_PP_NOOP;	/* only trims offsets */
+		p->type = TK_PP_NOOP; /* only trims offsets */
 		return 0;
 	}
 	if (!strcmp(type, "BertProcessing") || !strcmp(type, "RobertaProcessing")) {
@@ -549,7 +550,8 @@ static int post_load(struct tk_post *p, const struct lora_doc *d, const char *fi
 		const struct lora_doc *single = lora_doc_get(d, "single");
 		const struct lora_doc *specials = lora_doc_get(d, "special_tokens");
 		if (!single || single->type != LORA_DOC_ARRAY)
-			return lora_errf(err, LORA_EFORMAT, "%s: TemplateProcessing without 'single'", file);
+			return lora_errf(err, LORA_EFORMAT,
+					 "%s: TemplateProcessing without 'single'", file);
 		bool seen_seq = false;
 		for (size_t i = 0; i < single->u.arr.n; i++) {
 			const struct lora_doc *it = &single->u.arr.items[i];
@@ -560,9 +562,12 @@ static int post_load(struct tk_post *p, const struct lora_doc *d, const char *fi
 			}
 			const char *id = st ? tk_get_str(st, "id") : NULL;
 			if (!id)
-				return lora_errf(err, LORA_EFORMAT, "%s: TemplateProcessing: bad item", file);
-			int rc = seen_seq ? add_special_ids(specials, id, file, &p->suf, &p->nsuf, err)
-					  : add_special_ids(specials, id, file, &p->pre, &p->npre, err);
+				return lora_errf(err, LORA_EFORMAT,
+						 "%s: TemplateProcessing: bad item", file);
+			int rc = seen_seq ? add_special_ids(specials, id, file, &p->suf, &p->nsuf,
+							    err)
+					  : add_special_ids(specials, id, file, &p->pre, &p->npre,
+							    err);
 			if (rc)
 				return rc;
 		}
@@ -761,8 +766,8 @@ static int replace_cb(size_t a, size_t b, void *vctx)
 	return 0;
 }
 
-static int dec_apply(const struct tk_dec *d, struct tk_buf *arena, struct tk_pieces *t,
-		     pcre2_match_data *md, struct lora_err *err)
+static int dec_apply(const struct tk_dec *d, unsigned flags, struct tk_buf *arena,
+		     struct tk_pieces *t, pcre2_match_data *md, struct lora_err *err)
 {
 	int rc = 0;
 	struct tk_pieces out = {0};
@@ -770,7 +775,7 @@ static int dec_apply(const struct tk_dec *d, struct tk_buf *arena, struct tk_pie
 	switch (d->type) {
 	case TK_D_SEQ:
 		for (size_t i = 0; i < d->nsub && !rc; i++)
-			rc = dec_apply(&d->sub[i], arena, t, md, err);
+			rc = dec_apply(&d->sub[i], flags, arena, t, md, err);
 		return rc;
 	case TK_D_FUSE: {
 		size_t off = arena->len;
@@ -865,12 +870,27 @@ static int dec_apply(const struct tk_dec *d, struct tk_buf *arena, struct tk_pie
 					rc = tk_buf_put(arena, tmp.p, tmp.len);
 					if (!rc)
 						rc = tk_pieces_push(&out, off, tmp.len, -1, false);
+				} else if (flags & LORA_TOK_SLOW_BYTES) {
+					/* sentencepiece: each bad byte alone becomes U+FFFD */
+					size_t off = arena->len;
+					for (size_t k = 0; k < tmp.len && !rc;) {
+						uint32_t cp;
+						size_t bad, l = tk_utf8_dec(tmp.p + k, tmp.len - k,
+									    &cp, &bad);
+						rc = l ? tk_buf_put(arena, tmp.p + k, l)
+						       : tk_buf_put(arena, "\xef\xbf\xbd", 3);
+						k += l ? l : 1;
+					}
+					if (!rc)
+						rc = tk_pieces_push(&out, off, arena->len - off, -1,
+								    false);
 				} else {
 					for (size_t k = 0; k < tmp.len && !rc; k++) {
 						size_t off = arena->len;
 						rc = tk_buf_put(arena, "\xef\xbf\xbd", 3);
 						if (!rc)
-							rc = tk_pieces_push(&out, off, 3, -1, false);
+							rc = tk_pieces_push(&out, off, 3, -1,
+									    false);
 					}
 				}
 				i = j;
@@ -990,8 +1010,9 @@ static int load_added(struct lora_tok *t, const struct lora_doc *a, struct lora_
 		struct tk_added *at = &t->added[t->n_added];
 		if (!c || c->type != LORA_DOC_STRING ||
 		    lora_doc_get_int(e, "id", t->name, &id, err) || id < 0 || id > INT32_MAX)
-			return lora_errf(err, LORA_EFORMAT, "%s: added token %zu needs 'id' and 'content'",
-					 t->name, i);
+			return lora_errf(err, LORA_EFORMAT,
+					 "%s: added token %zu needs 'id' and 'content'", t->name,
+					 i);
 		if (!c->u.str.len)
 			continue;
 		bool dup = false;
@@ -1015,7 +1036,8 @@ static int load_added(struct lora_tok *t, const struct lora_doc *a, struct lora_
 			if (mx < 0)
 				id = (int64_t)model_size;
 			else
-				id = mx >= (int64_t)model_size || !model_size ? mx + 1 : (int64_t)model_size;
+				id = mx >= (int64_t)model_size || !model_size ? mx + 1
+									      : (int64_t)model_size;
 		}
 		at->content = malloc(c->u.str.len + 1);
 		if (!at->content)
@@ -1099,8 +1121,8 @@ static int tok_build(struct lora_tok *t, const struct lora_doc *root, struct lor
 		t->model = TK_M_UNIGRAM;
 		rc = tk_unigram_load(t, m, err);
 	} else {
-		return lora_errf(err, LORA_EUNSUPPORTED, "%s: model type '%s' is not supported", name,
-				 type);
+		return lora_errf(err, LORA_EUNSUPPORTED, "%s: model type '%s' is not supported",
+				 name, type);
 	}
 	if (rc)
 		return rc;
@@ -1150,7 +1172,9 @@ static int tok_build(struct lora_tok *t, const struct lora_doc *root, struct lor
 	for (size_t i = 0; i < t->n_added; i++) {
 		const struct tk_added *a = &t->added[i];
 		if (a->normalized ? a->nlen : a->len) {
-			t->added_first[a->normalized][(unsigned char)(a->normalized ? a->norm : a->content)[0]] = true;
+			t->added_first[a->normalized]
+				      [(unsigned char)(a->normalized ? a->norm : a->content)[0]] =
+				true;
 			t->n_added_set[a->normalized]++;
 		}
 	}
@@ -1188,17 +1212,19 @@ int lora_tok_open(const char *path, struct lora_tok **out, struct lora_err *err)
 		char sp[4200];
 		bool has_sp = false;
 		for (int k = 0; k < 2 && !has_sp; k++) {
-			snprintf(sp, sizeof sp, "%s/%s", path, k ? "tokenizer.model" : "spiece.model");
+			snprintf(sp, sizeof sp, "%s/%s", path,
+				 k ? "tokenizer.model" : "spiece.model");
 			has_sp = stat(sp, &st) == 0;
 		}
 		if (has_sp)
-			rc = lora_errf(err, LORA_EUNSUPPORTED,
-				       "cannot open '%s': no such file, and SentencePiece models ('%s') "
-				       "are not supported; convert it to tokenizer.json",
-				       t->name, sp);
+			rc = lora_errf(
+				err, LORA_EUNSUPPORTED,
+				"cannot open '%s': no such file, and SentencePiece models ('%s') "
+				"are not supported; convert it to tokenizer.json",
+				t->name, sp);
 		else
-			rc = lora_errf(err, LORA_ENOTFOUND, "cannot open '%s': no such tokenizer file",
-				       t->name);
+			rc = lora_errf(err, LORA_ENOTFOUND,
+				       "cannot open '%s': no such tokenizer file", t->name);
 		lora_tok_close(t);
 		return rc;
 	}
@@ -1275,9 +1301,8 @@ static int split_added(const struct lora_tok *t, bool normed, const struct tk_bu
 		const struct tk_added *a = &t->added[best];
 		size_t start = pos, stop = pos + blen;
 		pos = stop;
-		if (a->single_word &&
-		    ((start > 0 && ends_with_word(s, start)) ||
-		     (stop < n && starts_with_word(s + stop, n - stop))))
+		if (a->single_word && ((start > 0 && ends_with_word(s, start)) ||
+				       (stop < n && starts_with_word(s + stop, n - stop))))
 			continue;
 		if (a->lstrip) {
 			size_t ns = start;
@@ -1308,9 +1333,8 @@ static int split_added(const struct lora_tok *t, bool normed, const struct tk_bu
 			return rc;
 		start_off = stop;
 	}
-	if (start_off < n &&
-	    (rc = tk_pieces_push(out, pc->off + start_off, n - start_off, -1,
-				 pc->first && start_off == 0)))
+	if (start_off < n && (rc = tk_pieces_push(out, pc->off + start_off, n - start_off, -1,
+						  pc->first && start_off == 0)))
 		return rc;
 	return 0;
 }
@@ -1413,7 +1437,7 @@ const char *lora_tok_piece(const struct lora_tok *t, int32_t id)
 {
 	if (id < 0 || (size_t)id >= t->vocab_size)
 		return NULL;
-	if (t->added_of_id[id] >= 0)	/* the library keeps a normalized token's normalized form */
+	if (t->added_of_id[id] >= 0) /* the library keeps a normalized token's normalized form */
 		return t->added[t->added_of_id[id]].norm;
 	return (size_t)id < t->n_pieces ? t->pieces[id] : NULL;
 }
@@ -1436,12 +1460,37 @@ size_t lora_tok_vocab_size(const struct lora_tok *t)
 int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
 		    char **text, struct lora_err *err)
 {
-	return lora_tok_decode_len(t, ids, n, skip_special, text, NULL, err);
+	return lora_tok_decode_ex(t, ids, n, skip_special ? LORA_TOK_SKIP_SPECIAL : 0, text, NULL,
+				  err);
 }
 
-int lora_tok_decode_len(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
-			char **text, size_t *len, struct lora_err *err)
+/* transformers' clean_up_tokenization, in its order, on out[0..len). */
+static void cleanup_spaces(struct tk_buf *out)
 {
+	static const char *rep[][2] = {
+		{" .", "."},     {" ?", "?"},   {" !", "!"},   {" ,", ","},     {" ' ", "'"},
+		{" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
+	};
+	for (size_t r = 0; r < sizeof rep / sizeof rep[0]; r++) {
+		size_t fl = strlen(rep[r][0]), tl = strlen(rep[r][1]), w = 0, i = 0;
+		while (i < out->len) {
+			if (i + fl <= out->len && !memcmp(out->p + i, rep[r][0], fl)) {
+				memmove(out->p + w, rep[r][1], tl); /* tl < fl: never overtakes i */
+				w += tl;
+				i += fl;
+			} else {
+				out->p[w++] = out->p[i++];
+			}
+		}
+		out->len = w;
+		out->p[w] = 0;
+	}
+}
+
+int lora_tok_decode_ex(const struct lora_tok *t, const int32_t *ids, size_t n, unsigned flags,
+		       char **text, size_t *len, struct lora_err *err)
+{
+	bool skip_special = flags & LORA_TOK_SKIP_SPECIAL;
 	struct tk_buf arena = {0}, out = {0};
 	struct tk_pieces toks = {0};
 	pcre2_match_data *md = NULL;
@@ -1461,7 +1510,7 @@ int lora_tok_decode_len(const struct lora_tok *t, const int32_t *ids, size_t n, 
 	}
 	if (!rc && t->dec) {
 		md = pcre2_match_data_create(4, NULL);
-		rc = md ? dec_apply(t->dec, &arena, &toks, md, err) : LORA_ENOMEM;
+		rc = md ? dec_apply(t->dec, flags, &arena, &toks, md, err) : LORA_ENOMEM;
 	}
 	rc = rc ? rc : tk_buf_put(&out, "", 0);
 	for (size_t i = 0; i < toks.n && !rc; i++) {
@@ -1479,6 +1528,24 @@ int lora_tok_decode_len(const struct lora_tok *t, const int32_t *ids, size_t n, 
 			return lora_errf(err, LORA_ENOMEM, "out of memory while decoding");
 		return rc;
 	}
+	if (flags & LORA_TOK_STRIP) {
+		size_t a = 0, b = out.len, l;
+		while (a < b && tk_is_space(tk_u8get(out.p + a, &l)))
+			a += l;
+		while (b > a) {
+			size_t p = b - 1;
+			while (p > a && ((unsigned char)out.p[p] & 0xc0) == 0x80)
+				p--;
+			if (!tk_is_space(tk_u8get(out.p + p, &l)))
+				break;
+			b = p;
+		}
+		memmove(out.p, out.p + a, b - a);
+		out.len = b - a;
+		out.p[out.len] = 0;
+	}
+	if (flags & LORA_TOK_CLEANUP)
+		cleanup_spaces(&out);
 	*text = out.p;
 	if (len)
 		*len = out.len;

@@ -30,10 +30,23 @@ int lora_tok_encode(const struct lora_tok *t, const char *text, size_t len, bool
  * tokens. */
 int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
 		    char **text, struct lora_err *err);
-/* The same, also giving the length: the text may contain NUL bytes (a byte
- * token <0x00>), which lora_tok_decode's result cannot show. len may be NULL. */
-int lora_tok_decode_len(const struct lora_tok *t, const int32_t *ids, size_t n, bool skip_special,
-			char **text, size_t *len, struct lora_err *err);
+/* Flags for lora_tok_decode_ex. The last three reproduce transformers' slow
+ * (Python/sentencepiece) tokenizers, whose decode differs from tokenizer.json's
+ * decoder. The golden `decoded`/generation texts (slow tokenizers) all match
+ * with: GPT-2 none; T5 STRIP | CLEANUP; Llama/stories260K SLOW_BYTES. */
+enum {
+	LORA_TOK_SKIP_SPECIAL = 1,	/* drop special tokens */
+	LORA_TOK_SLOW_BYTES = 2,	/* a run of <0xNN> pieces that is not valid UTF-8
+					 * keeps its valid chars, each bad byte -> U+FFFD
+					 * (the fast ByteFallback replaces every byte) */
+	LORA_TOK_CLEANUP = 4,		/* " ." -> ".", " ," -> ",", " n't" -> "n't", ... */
+	LORA_TOK_STRIP = 8,		/* strip white space at both ends (T5Tokenizer) */
+};
+/* lora_tok_decode with flags, also giving the length: the text may contain
+ * NUL bytes (a byte piece <0x00>), which lora_tok_decode's result cannot
+ * show. len may be NULL. */
+int lora_tok_decode_ex(const struct lora_tok *t, const int32_t *ids, size_t n, unsigned flags,
+		       char **text, size_t *len, struct lora_err *err);
 
 size_t lora_tok_vocab_size(const struct lora_tok *t);
 /* Id of a token string, or -1. */

@@ -49,17 +49,18 @@ int tk_bpe_load(struct lora_tok *t, const struct lora_doc *m, struct lora_err *e
 	const struct lora_doc *mg = lora_doc_get(m, "merges");
 	int rc;
 	if (!v || v->type != LORA_DOC_MAP)
-		return lora_errf(err, LORA_EFORMAT, "%s: BPE model needs a 'vocab' object", t->name);
+		return lora_errf(err, LORA_EFORMAT, "%s: BPE model needs a 'vocab' object",
+				 t->name);
 	int64_t maxid = -1;
 	for (size_t i = 0; i < v->u.map.n; i++) {
 		const struct lora_doc *id = &v->u.map.vals[i];
 		if (id->type != LORA_DOC_INT || id->u.i < 0 || id->u.i >= INT32_MAX)
-			return lora_errf(err, LORA_EFORMAT, "%s: vocab entry '%s' has a bad id", t->name,
-					 v->u.map.keys[i]);
+			return lora_errf(err, LORA_EFORMAT, "%s: vocab entry '%s' has a bad id",
+					 t->name, v->u.map.keys[i]);
 		if (id->u.i > maxid)
 			maxid = id->u.i;
 	}
-	if (maxid >= 0 && (rc = set_piece(t, maxid, "", 0)))	/* size the table once */
+	if (maxid >= 0 && (rc = set_piece(t, maxid, "", 0))) /* size the table once */
 		return rc;
 	for (size_t i = 0; i < v->u.map.n; i++)
 		if ((rc = set_piece(t, v->u.map.vals[i].u.i, v->u.map.keys[i],
@@ -92,9 +93,11 @@ int tk_bpe_load(struct lora_tok *t, const struct lora_doc *m, struct lora_err *e
 		size_t al, bl;
 		if (e->type == LORA_DOC_STRING) {
 			const char *sp = memchr(e->u.str.s, ' ', e->u.str.len);
-			if (!sp || memchr(sp + 1, ' ', e->u.str.len - (size_t)(sp + 1 - e->u.str.s))) {
-				rc = lora_errf(err, LORA_EFORMAT, "%s: merge %zu '%s' is not two tokens",
-					       t->name, i, e->u.str.s);
+			if (!sp ||
+			    memchr(sp + 1, ' ', e->u.str.len - (size_t)(sp + 1 - e->u.str.s))) {
+				rc = lora_errf(err, LORA_EFORMAT,
+					       "%s: merge %zu '%s' is not two tokens", t->name, i,
+					       e->u.str.s);
 				break;
 			}
 			a = e->u.str.s;
@@ -109,7 +112,8 @@ int tk_bpe_load(struct lora_tok *t, const struct lora_doc *m, struct lora_err *e
 			b = e->u.arr.items[1].u.str.s;
 			bl = e->u.arr.items[1].u.str.len;
 		} else {
-			rc = lora_errf(err, LORA_EFORMAT, "%s: merge %zu is not a pair of tokens", t->name, i);
+			rc = lora_errf(err, LORA_EFORMAT, "%s: merge %zu is not a pair of tokens",
+				       t->name, i);
 			break;
 		}
 		int32_t ia = tk_map_get(&t->vocab, a, al), ib = tk_map_get(&t->vocab, b, bl);
@@ -128,11 +132,13 @@ int tk_bpe_load(struct lora_tok *t, const struct lora_doc *m, struct lora_err *e
 		int32_t im = tk_map_get(&t->vocab, buf, al + bl - skip);
 		if (ia < 0 || ib < 0 || im < 0) {
 			rc = lora_errf(err, LORA_EFORMAT,
-				       "%s: merge %zu ('%.*s' + '%.*s') uses a token not in the vocabulary",
+				       "%s: merge %zu ('%.*s' + '%.*s') uses a token not in the "
+				       "vocabulary",
 				       t->name, i, (int)al, a, (int)bl, b);
 			break;
 		}
-		rc = tk_umap_put(&t->merges, (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib, (uint32_t)i, im);
+		rc = tk_umap_put(&t->merges, (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib,
+				 (uint32_t)i, im);
 	}
 	free(buf);
 	return rc;
@@ -141,7 +147,7 @@ int tk_bpe_load(struct lora_tok *t, const struct lora_doc *m, struct lora_err *e
 struct sym {
 	int32_t id;
 	int32_t prev, next;
-	uint32_t len;	/* bytes; 0 = merged away */
+	uint32_t len; /* bytes; 0 = merged away */
 };
 
 struct cand {
@@ -306,7 +312,8 @@ int tk_bpe_encode(const struct lora_tok *t, const char *s, size_t len, struct tk
 	}
 	rc = initial_symbols(t, s, len, &w);
 	if (rc == LORA_EINVAL)
-		rc = lora_errf(err, LORA_EINVAL, "%s: continuing_subword_prefix or end_of_word_suffix too long",
+		rc = lora_errf(err, LORA_EINVAL,
+			       "%s: continuing_subword_prefix or end_of_word_suffix too long",
 			       t->name);
 	for (size_t i = 0; i + 1 < w.n && !rc; i++) {
 		uint32_t rank;

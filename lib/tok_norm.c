@@ -40,7 +40,8 @@ static void bl_init(void)
 	for (int i = 0; i < 512; i++)
 		char_byte[i] = -1;
 	for (int b = 0; b < 256; b++) {
-		bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+		bool keep =
+			(b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
 		tk_byte_char[b] = (uint16_t)(keep ? b : 256 + n++);
 		char_byte[tk_byte_char[b]] = (int16_t)b;
 	}
@@ -89,7 +90,8 @@ static int load_precompiled(struct tk_norm *n, const char *b64, size_t len, cons
 			break;
 		if (v < 0) {
 			free(out);
-			return lora_errf(err, LORA_EFORMAT, "%s: precompiled_charsmap is not base64", what);
+			return lora_errf(err, LORA_EFORMAT,
+					 "%s: precompiled_charsmap is not base64", what);
 		}
 		acc = (acc << 6) | (uint32_t)v;
 		bits += 6;
@@ -104,8 +106,8 @@ static int load_precompiled(struct tk_norm *n, const char *b64, size_t len, cons
 	uint32_t tsize = (uint32_t)out[0] | (uint32_t)out[1] << 8 | (uint32_t)out[2] << 16 |
 			 (uint32_t)out[3] << 24;
 	if (tsize % 4 || tsize > o - 4)
-		return lora_errf(err, LORA_EFORMAT, "%s: precompiled_charsmap trie size %u is bad", what,
-				 tsize);
+		return lora_errf(err, LORA_EFORMAT, "%s: precompiled_charsmap trie size %u is bad",
+				 what, tsize);
 	uint32_t *units = malloc(tsize + 4);
 	if (!units)
 		return LORA_ENOMEM;
@@ -121,7 +123,8 @@ static int load_precompiled(struct tk_norm *n, const char *b64, size_t len, cons
 	return 0;
 }
 
-int tk_norm_load(struct tk_norm *n, const struct lora_doc *d, const char *name, struct lora_err *err)
+int tk_norm_load(struct tk_norm *n, const struct lora_doc *d, const char *name,
+		 struct lora_err *err)
 {
 	const char *type = tk_get_str(d, "type");
 	char what[600];
@@ -149,17 +152,22 @@ int tk_norm_load(struct tk_norm *n, const struct lora_doc *d, const char *name, 
 		const struct lora_doc *c = lora_doc_get(d, "precompiled_charsmap");
 		n->type = TK_N_PRECOMPILED;
 		if (!c || c->type == LORA_DOC_NULL)
-			return 0;	/* identity */
+			return 0; /* identity */
 		if (c->type != LORA_DOC_STRING)
-			return lora_errf(err, LORA_EFORMAT, "%s: precompiled_charsmap must be a string", what);
+			return lora_errf(err, LORA_EFORMAT,
+					 "%s: precompiled_charsmap must be a string", what);
 		return load_precompiled(n, c->u.str.s, c->u.str.len, what, err);
 	}
 	static const struct {
 		const char *name;
 		enum tk_norm_type t;
 	} simple[] = {
-		{"NFC", TK_N_NFC}, {"NFD", TK_N_NFD}, {"NFKC", TK_N_NFKC}, {"NFKD", TK_N_NFKD},
-		{"Lowercase", TK_N_LOWERCASE}, {"StripAccents", TK_N_STRIPACCENTS},
+		{"NFC", TK_N_NFC},
+		{"NFD", TK_N_NFD},
+		{"NFKC", TK_N_NFKC},
+		{"NFKD", TK_N_NFKD},
+		{"Lowercase", TK_N_LOWERCASE},
+		{"StripAccents", TK_N_STRIPACCENTS},
 	};
 	for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++)
 		if (!strcmp(type, simple[i].name)) {
@@ -276,8 +284,8 @@ static int norm_precompiled(const struct tk_norm *nm, const char *s, size_t n, s
 		j += l;
 		while (j < n) {
 			uint32_t cp = tk_u8get(s + j, &l);
-			if (utf8proc_grapheme_break_stateful((utf8proc_int32_t)prev, (utf8proc_int32_t)cp,
-							     &state))
+			if (utf8proc_grapheme_break_stateful((utf8proc_int32_t)prev,
+							     (utf8proc_int32_t)cp, &state))
 				break;
 			prev = cp;
 			j += l;
@@ -350,7 +358,7 @@ int tk_norm_apply(const struct tk_norm *nm, const char *s, size_t n, struct tk_b
 	case TK_N_NFKD: {
 		int opt = UTF8PROC_STABLE;
 		opt |= nm->type == TK_N_NFC || nm->type == TK_N_NFKC ? UTF8PROC_COMPOSE
-								      : UTF8PROC_DECOMPOSE;
+								     : UTF8PROC_DECOMPOSE;
 		if (nm->type == TK_N_NFKC || nm->type == TK_N_NFKD)
 			opt |= UTF8PROC_COMPAT;
 		if (!n)
@@ -371,7 +379,8 @@ int tk_norm_apply(const struct tk_norm *nm, const char *s, size_t n, struct tk_b
 			if (cp == 0x130)
 				rc = tk_buf_put(out, "i\xcc\x87", 3);
 			else
-				rc = tk_buf_putcp(out, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
+				rc = tk_buf_putcp(out,
+						  (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
 		}
 		return rc;
 	case TK_N_STRIPACCENTS:
@@ -422,8 +431,10 @@ static int parse_behavior(const char *b, enum tk_split_behavior *out)
 		const char *n;
 		enum tk_split_behavior b;
 	} t[] = {
-		{"Removed", TK_B_REMOVED}, {"Isolated", TK_B_ISOLATED},
-		{"MergedWithPrevious", TK_B_MERGED_PREV}, {"MergedWithNext", TK_B_MERGED_NEXT},
+		{"Removed", TK_B_REMOVED},
+		{"Isolated", TK_B_ISOLATED},
+		{"MergedWithPrevious", TK_B_MERGED_PREV},
+		{"MergedWithNext", TK_B_MERGED_NEXT},
 		{"Contiguous", TK_B_CONTIGUOUS},
 	};
 	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
@@ -491,7 +502,8 @@ int tk_pre_load(struct tk_pre *p, const struct lora_doc *d, const char *name, st
 			else if (!strcmp(ps, "never"))
 				p->prepend = TK_PREPEND_NEVER;
 			else
-				return lora_errf(err, LORA_EFORMAT, "%s: bad prepend_scheme '%s'", what, ps);
+				return lora_errf(err, LORA_EFORMAT, "%s: bad prepend_scheme '%s'",
+						 what, ps);
 		}
 		p->split = true;
 		lora_doc_get_bool(d, "split", name, &p->split, NULL);
@@ -505,7 +517,8 @@ int tk_pre_load(struct tk_pre *p, const struct lora_doc *d, const char *name, st
 		p->type = TK_P_SPLIT;
 		lora_doc_get_bool(d, "invert", name, &p->invert, NULL);
 		if (!b || parse_behavior(b, &p->behavior))
-			return lora_errf(err, LORA_EFORMAT, "%s: bad behavior '%s'", what, b ? b : "");
+			return lora_errf(err, LORA_EFORMAT, "%s: bad behavior '%s'", what,
+					 b ? b : "");
 		if (ps)
 			return tk_re_compile(&p->re, ps, strlen(ps), true, what, err);
 		if (pr)
@@ -549,8 +562,8 @@ int tk_pre_load(struct tk_pre *p, const struct lora_doc *d, const char *name, st
 		p->sub[1].behavior = TK_B_ISOLATED;
 		return 0;
 	}
-	return lora_errf(err, LORA_EUNSUPPORTED, "%s: pre_tokenizer type '%s' is not supported", name,
-			 type);
+	return lora_errf(err, LORA_EUNSUPPORTED, "%s: pre_tokenizer type '%s' is not supported",
+			 name, type);
 }
 
 void tk_pre_free(struct tk_pre *p)
@@ -570,9 +583,9 @@ struct mlist {
 	struct mseg {
 		size_t a, b;
 		bool m;
-	} *v;
+	} * v;
 	size_t n, cap;
-	size_t prev;	/* end of the last match (regex collection) */
+	size_t prev; /* end of the last match (regex collection) */
 };
 
 static int ml_push(struct mlist *l, size_t a, size_t b, bool m)
@@ -680,7 +693,7 @@ static int split_apply(struct mlist *l, enum tk_split_behavior bh, bool invert,
 	case TK_B_MERGED_NEXT: {
 		/* walk backwards, building from the end of the array */
 		bool prev = false;
-		size_t w = l->n;	/* entries w..n-1 are the output, reversed order kept */
+		size_t w = l->n; /* entries w..n-1 are the output, reversed order kept */
 		for (size_t i = l->n; i-- > 0;) {
 			bool m = l->v[i].m;
 			struct mseg s = l->v[i];
@@ -714,7 +727,7 @@ static int pre_one(const struct tk_pre *p, struct tk_buf *arena, const struct tk
 	int rc = 0;
 	switch (p->type) {
 	case TK_P_SEQ:
-		return 0;	/* handled by the caller */
+		return 0; /* handled by the caller */
 	case TK_P_BYTELEVEL: {
 		struct tk_pieces tmp = {0};
 		if (p->add_prefix_space && arena->p[pc.off] != ' ') {

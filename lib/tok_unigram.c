@@ -44,7 +44,8 @@ int tk_unigram_load(struct lora_tok *t, const struct lora_doc *m, struct lora_er
 	const struct lora_doc *u = lora_doc_get(m, "unk_id");
 	int rc;
 	if (!v || v->type != LORA_DOC_ARRAY)
-		return lora_errf(err, LORA_EFORMAT, "%s: Unigram model needs a 'vocab' array", t->name);
+		return lora_errf(err, LORA_EFORMAT, "%s: Unigram model needs a 'vocab' array",
+				 t->name);
 	size_t n = v->u.arr.n;
 	t->pieces = calloc(n + 1, sizeof *t->pieces);
 	t->scores = malloc((n + 1) * sizeof *t->scores);
@@ -60,23 +61,25 @@ int tk_unigram_load(struct lora_tok *t, const struct lora_doc *m, struct lora_er
 	}
 	t->min_score = DBL_MAX;
 	uint32_t root;
-	if ((rc = trie_child(t, UINT32_MAX >> 8, 0, &root)))	/* node 0 = root */
+	if ((rc = trie_child(t, UINT32_MAX >> 8, 0, &root))) /* node 0 = root */
 		return rc;
 	for (size_t i = 0; i < n; i++) {
 		const struct lora_doc *e = &v->u.arr.items[i];
 		if (e->type != LORA_DOC_ARRAY || e->u.arr.n != 2 ||
 		    e->u.arr.items[0].type != LORA_DOC_STRING ||
-		    (e->u.arr.items[1].type != LORA_DOC_FLOAT && e->u.arr.items[1].type != LORA_DOC_INT))
-			return lora_errf(err, LORA_EFORMAT, "%s: vocab entry %zu is not [piece, score]",
-					 t->name, i);
+		    (e->u.arr.items[1].type != LORA_DOC_FLOAT &&
+		     e->u.arr.items[1].type != LORA_DOC_INT))
+			return lora_errf(err, LORA_EFORMAT,
+					 "%s: vocab entry %zu is not [piece, score]", t->name, i);
 		const struct lora_doc *p = &e->u.arr.items[0];
 		t->pieces[i] = malloc(p->u.str.len + 1);
 		if (!t->pieces[i])
 			return LORA_ENOMEM;
 		memcpy(t->pieces[i], p->u.str.s, p->u.str.len + 1);
 		t->n_pieces = i + 1;
-		t->scores[i] = e->u.arr.items[1].type == LORA_DOC_FLOAT ? e->u.arr.items[1].u.f
-									 : (double)e->u.arr.items[1].u.i;
+		t->scores[i] = e->u.arr.items[1].type == LORA_DOC_FLOAT
+				       ? e->u.arr.items[1].u.f
+				       : (double)e->u.arr.items[1].u.i;
 		if (t->scores[i] < t->min_score)
 			t->min_score = t->scores[i];
 		if ((rc = tk_map_put(&t->vocab, t->pieces[i], p->u.str.len, (int32_t)i)))
@@ -97,7 +100,7 @@ int tk_unigram_load(struct lora_tok *t, const struct lora_doc *m, struct lora_er
 
 struct node {
 	double score;
-	int64_t start;	/* -1: unreached */
+	int64_t start; /* -1: unreached */
 	int32_t id;
 };
 
@@ -123,7 +126,8 @@ static int emit(const struct lora_tok *t, const char *s, size_t n, struct tk_ids
 		}
 	}
 	if (t->unk_id < 0)
-		return lora_errf(err, LORA_EINVAL, "%s: text needs the unknown token but the model has no unk_id",
+		return lora_errf(err, LORA_EINVAL,
+				 "%s: text needs the unknown token but the model has no unk_id",
 				 t->name);
 	return tk_ids_push(out, t->unk_id);
 }
@@ -152,7 +156,8 @@ int tk_unigram_encode(const struct lora_tok *t, const char *s, size_t len, struc
 		uint32_t node = 0;
 		for (size_t k = i; k < len; k++) {
 			uint32_t child;
-			if (!tk_umap_get(&t->trie, (uint64_t)node << 8 | (unsigned char)s[k], &child, NULL))
+			if (!tk_umap_get(&t->trie, (uint64_t)node << 8 | (unsigned char)s[k],
+					 &child, NULL))
 				break;
 			node = child;
 			int32_t id = t->trie_val[node];

@@ -3,7 +3,7 @@
 shell tests (t03*.sh). Needs numpy (Debian python3-numpy); the tests skip
 when it is missing.
 
-  gen-model DIR --arch llama|t5|gpt2 [--dtype f32|bf16|f16] [--shards N] [--seed S]
+  gen-model DIR --arch llama|t5|gpt2|gpt2-small-lora [--dtype f32|bf16|f16] [--shards N] [--seed S]
             [--hidden H]
       a Hugging Face-shaped model directory (config.json, tokenizer files,
       model.safetensors or shards + model.safetensors.index.json), random weights
@@ -138,6 +138,17 @@ def arch_shapes(arch, hidden=48):
                   (p + "%d.layer_norm.weight" % li, (D,)),
                   (stack + ".final_layer_norm.weight", (D,))]
         s.append(("lm_head.weight", (V, D)))
+    elif arch == "gpt2-small-lora":
+        # GPT-2 small's shapes, only the weights the real LoRA adapters in
+        # ../shared/data target (c_attn, attn.c_proj, mlp.c_proj), plus ln_f
+        C = 768
+        cfg = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": C,
+               "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}
+        for i in range(12):
+            p = "transformer.h.%d." % i
+            s += [(p + "attn.c_attn.weight", (C, 3 * C)), (p + "attn.c_proj.weight", (C, C)),
+                  (p + "mlp.c_proj.weight", (4 * C, C))]
+        s += [("transformer.ln_f.weight", (C,)), ("transformer.ln_f.bias", (C,))]
     elif arch == "gpt2":
         C, V = 32, 64
         cfg = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": C,
@@ -192,7 +203,7 @@ def gen_model(args):
     cfg["torch_dtype"] = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]
     tensors = []
     for name, shape in shapes:
-        a = rng.standard_normal(shape).astype(np.float32) * 0.5
+        a = rng.standard_normal(shape, dtype=np.float32) * 0.5
         tensors.append((name, dtype, shape, from_f32(dtype, a)))
     save_model(d, cfg, tensors, int(opt.get("--shards", "1")))
 
@@ -301,10 +312,7 @@ def check_fold(args):
             B = to_f64(*ts[n.replace("lora_A", "lora_B")])
             r = A.shape[0]
             s = cfg["lora_alpha"] / (np.sqrt(r) if cfg.get("use_rslora") else r)
-            dw = scale * w * s * (B @ A)
-            if gpt2:
-                dw = dw.T
-            delta[m + ".weight"] = delta.get(m + ".weight", 0) + dw
+            delta.setdefault(m + ".weight", []).append((scale * w * s, A, B))
     for n, (fn, dt, shape, raw) in base.items():
         gfn, gdt, gshape, graw = got[n]
         if (fn, dt, shape) != (gfn, gdt, gshape):
@@ -316,7 +324,10 @@ def check_fold(args):
                 print("%s: untouched tensor changed" % n)
                 bad += 1
             continue
-        want = to_f64(dt, shape, raw) + delta[n]
+        dw = sum(k * (B @ A) for k, A, B in delta[n])
+        if gpt2:
+            dw = dw.T
+        want = to_f64(dt, shape, raw) + dw
         g = to_f64(gdt, gshape, graw)
         if dt == "F32":
             tol = 4e-7 * np.abs(want) + 1e-6 * np.abs(want).max()
@@ -328,7 +339,7 @@ def check_fold(args):
             print("%s: max diff %g (tol %g)" % (n, d.max(), tol.max()))
             bad += 1
         else:
-            print("ok %s: max diff %.3g, max |dW| %.3g" % (n, d.max(), np.abs(delta[n]).max()))
+            print("ok %s: max diff %.3g, max |dW| %.3g" % (n, d.max(), np.abs(dw).max()))
     for fn in sorted(os.listdir(model)):
         p = os.path.join(model, fn)
         if fn.endswith(".safetensors") or fn.startswith(".") or not os.path.isfile(p):
@@ -514,10 +525,12 @@ def check_delta(args):
         sc = alpha / (np.sqrt(r) if rec.get("rslora") else r)
         got[t["module"]] = sc * (arr(t["b"]) @ arr(t["a"]))
     for m in sorted(set(want) | set(got)):
-        if m not in got or m not in want:
-            print("%s: only in %s" % (m, "the adapters" if m in want else "the merge"))
+        if m not in got:
+            print("%s: not in the merge" % m)
             bad += 1
             continue
+        if m not in want:  # only zero-weight adapters have it: ΔW must be 0
+            want[m] = np.zeros_like(got[m])
         d = np.abs(got[m] - want[m]).max()
         tol = 1e-5 * np.abs(want[m]).max()
         print("%s %s: max diff %.3g (tol %.3g)" % ("ok" if d <= tol else "BAD", m, d, tol))

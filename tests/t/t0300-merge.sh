@@ -163,6 +163,16 @@ test_expect_success 'the EXAMPLES of lora-merge(1) run' '
 	$L dump < ties.lora | grep -q "\"params\": {\"density\": 0.5, \"rank\": 8, \"sign\": \"total\"}"
 '
 
+if command -v script > /dev/null; then
+test_expect_success 'a terminal on stdout is refused (exit 2)' '
+	script -qc "lora-merge -w 1 < /dev/null; echo rc=\$?" /dev/null > out &&
+	test_grep "refusing to write a binary stream to a terminal" out &&
+	test_grep "rc=2" out
+'
+else
+	test_skip 'a terminal on stdout is refused' 'script(1) not found'
+fi
+
 test_expect_success '--help and --version' '
 	lora-merge --help > h && test_grep "^usage: lora-merge" h && test_grep "[-]-density" h &&
 	lora-merge --version | grep -q "^lora-merge (lorapipe) "

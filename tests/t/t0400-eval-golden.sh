@@ -4,7 +4,8 @@
 # packed pool scored alone, a weights record merged by the LoraHub rule, the
 # greedy generations, and the other example formats.
 . "$(dirname "$0")/lib.sh"
-LIB="python3 $TOP/tests/t/t04-lib.py"
+PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+LIB="$PY $TOP/tests/t/t04-lib.py"
 
 if ! need_shared golden stories260K-hf; then
 	test_skip 'lora-eval goldens' 'LORA_SHARED not set'
@@ -34,7 +35,7 @@ done
 test_expect_success 'per_example are the golden per-example losses' '
 	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" </dev/null | $LIB dump >d &&
 	$LIB field d per_example >got &&
-	python3 -c "
+	$PY -c "
 import json, sys
 got = json.loads(open(\"got\").read())
 want = [e[\"loss\"] for e in json.load(open(\"$G/eval/llama-tiny/base.json\"))[\"examples\"]]
@@ -71,13 +72,13 @@ for m in stories260K gpt2-tiny t5-tiny; do
 		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" -g --max-new-tokens 8 \
 			--predictions p.jsonl </dev/null | $LIB dump >d &&
 		$LIB golden-texts "$G/eval/'$m'/base.json" >want &&
-		python3 -c "
+		$PY -c "
 import json
 for l in open(\"p.jsonl\"):
     print(json.dumps(json.loads(l)[\"prediction\"]))" >got &&
 		test_cmp want got &&
 		test "$($LIB field d accuracy)" = 0.0 &&
-		test "$($LIB field d predictions | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")" = 6
+		test "$($LIB field d predictions | $PY -c "import json,sys; print(len(json.load(sys.stdin)))")" = 6
 	'
 done
 
@@ -85,16 +86,16 @@ test_expect_success 'accuracy: exact match after strip, lower case and removing 
 	printf "%s\n" "{\"input\": \"True and False or ( not False ) is\", \"output\": \"True\"}" >one.jsonl &&
 	lora-eval -m "$LORA_SHARED/stories260K-hf" -d one.jsonl -g --max-new-tokens 4 \
 		--predictions p.jsonl </dev/null | $LIB dump >d &&
-	pred=$(python3 -c "import json; print(json.loads(open(\"p.jsonl\").readline())[\"prediction\"])") &&
-	python3 -c "import json,sys; print(json.dumps({\"input\": \"True and False or ( not False ) is\", \"output\": \"  \" + sys.argv[1].upper().strip() + \". \"}))" "$pred" >two.jsonl &&
+	pred=$($PY -c "import json; print(json.loads(open(\"p.jsonl\").readline())[\"prediction\"])") &&
+	$PY -c "import json,sys; print(json.dumps({\"input\": \"True and False or ( not False ) is\", \"output\": \"  \" + sys.argv[1].upper().strip() + \". \"}))" "$pred" >two.jsonl &&
 	lora-eval -m "$LORA_SHARED/stories260K-hf" -d two.jsonl -g --max-new-tokens 4 </dev/null | $LIB dump >d2 &&
 	test "$($LIB field d2 accuracy)" = 1.0
 '
 
 test_expect_success 'BBH task JSON, YAML list and context/completion JSONL give the same loss' '
-	python3 -c "
+	$PY -c "
 import json
-ex = [json.loads(l) for l in open(\"$G/examples/gpt2-tiny.jsonl\")]
+ex = [json.loads(l) for l in open(\"$G/examples/llama-tiny.jsonl\")]
 json.dump({\"canary\": \"x\", \"examples\": [{\"input\": e[\"input\"], \"target\": e[\"output\"]} for e in ex]}, open(\"bbh.json\", \"w\"), indent=2)
 with open(\"ex.yaml\", \"w\") as f:
     for e in ex:
@@ -103,33 +104,33 @@ with open(\"lh.jsonl\", \"w\") as f:
     for e in ex:
         f.write(json.dumps({\"context\": e[\"input\"], \"completion\": e[\"output\"]}) + \"\n\")
 " &&
-	for f in "$G/examples/gpt2-tiny.jsonl" bbh.json ex.yaml lh.jsonl; do
-		lora-eval -m "$G/models/gpt2-tiny" -d "$f" </dev/null | $LIB dump >d &&
+	for f in "$G/examples/llama-tiny.jsonl" bbh.json ex.yaml lh.jsonl; do
+		lora-eval -m "$G/models/llama-tiny" -d "$f" </dev/null | $LIB dump >d &&
 		$LIB field d loss >>losses || return 1
 	done &&
 	test $(sort -u losses | wc -l) -eq 1
 '
 
 test_expect_success '--max-examples keeps the first N' '
-	lora-eval -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" --max-examples 2 </dev/null |
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --max-examples 2 </dev/null |
 		$LIB dump >d &&
 	test "$($LIB field d examples)" = 2
 '
 
 test_expect_success '--icl K prepends demonstrations (from the examples, or --demos)' '
-	lora-eval -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" </dev/null | $LIB dump >d0 &&
-	lora-eval -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" --icl 2 </dev/null | $LIB dump >d1 &&
-	lora-eval -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" --icl 2 \
-		--demos "$G/examples/gpt2-tiny.jsonl" </dev/null | $LIB dump >d2 &&
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" </dev/null | $LIB dump >d0 &&
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --icl 2 </dev/null | $LIB dump >d1 &&
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --icl 2 \
+		--demos "$G/examples/llama-tiny.jsonl" </dev/null | $LIB dump >d2 &&
 	test "$($LIB field d1 examples)" = 6 &&
 	test "$($LIB field d0 loss)" != "$($LIB field d1 loss)" &&
 	test "$($LIB field d1 loss)" != "$($LIB field d2 loss)"
 '
 
 test_expect_success '-v prints a readable line per score on stderr' '
-	lora-pack "$G"/adapters/gpt2-tiny/pool_0 |
-		lora-eval -v -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" >s 2>err &&
-	test_grep "lora-eval: pool_0: loss [0-9.]* over 51 tokens of 6 examples" err
+	lora-pack "$G"/adapters/llama-tiny/pool_0 |
+		lora-eval -v -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" >s 2>err &&
+	test_grep "lora-eval: pool_0: loss [0-9.]* over 90 tokens of 6 examples" err
 '
 
 test_done

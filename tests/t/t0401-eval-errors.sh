@@ -2,7 +2,8 @@
 # t0401 — lora-eval: usage errors (exit 2), bad models, examples, adapters and
 # streams (exit 1, message naming the culprit), no partial --predictions file.
 . "$(dirname "$0")/lib.sh"
-LIB="python3 $TOP/tests/t/t04-lib.py"
+PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+LIB="$PY $TOP/tests/t/t04-lib.py"
 
 test_expect_success '--help lists every option, --version' '
 	lora-eval --help >out &&
@@ -30,8 +31,8 @@ if ! need_shared golden stories260K-hf; then
 	exit
 fi
 G=$LORA_SHARED/golden
-M=$G/models/gpt2-tiny
-EX=$G/examples/gpt2-tiny.jsonl
+M=$G/models/llama-tiny
+EX=$G/examples/llama-tiny.jsonl
 
 test_expect_success 'a missing model directory' '
 	test_exit 1 lora-eval -m nowhere -d "$EX" </dev/null >/dev/null 2>err &&
@@ -39,7 +40,7 @@ test_expect_success 'a missing model directory' '
 '
 
 test_expect_success 'an unknown model_type is refused by name' '
-	cp -r "$M" m && sed -i "s/\"model_type\": \"gpt2\"/\"model_type\": \"bert\"/" m/config.json &&
+	cp -r "$M" m && sed -i "s/\"model_type\": \"llama\"/\"model_type\": \"bert\"/" m/config.json &&
 	test_exit 1 lora-eval -m m -d "$EX" </dev/null >/dev/null 2>err &&
 	test_grep "model_type .bert. is not supported" err
 '
@@ -51,9 +52,9 @@ test_expect_success 'a missing tokenizer' '
 '
 
 test_expect_success 'config and weights disagree: the tensor is named' '
-	cp -r "$M" m && sed -i "s/\"n_positions\": 512/\"n_positions\": 1024/" m/config.json &&
+	cp -r "$M" m && sed -i "s/\"intermediate_size\": 176/\"intermediate_size\": 177/" m/config.json &&
 	test_exit 1 lora-eval -m m -d "$EX" </dev/null >/dev/null 2>err &&
-	test_grep "wpe.weight. has shape \[512,32\], config.json implies \[1024,32\]" err
+	test_grep "mlp.gate_proj.weight. has shape \[176,64\], config.json implies \[177,64\]" err
 '
 
 test_expect_success 'examples: missing file, empty file, malformed line, missing key' '
@@ -74,29 +75,29 @@ test_expect_success 'examples: missing file, empty file, malformed line, missing
 '
 
 test_expect_success 'an example longer than the context is refused, not truncated' '
-	python3 -c "import json; print(json.dumps({\"input\": \" word\" * 600, \"output\": \"x\"}))" >long.jsonl &&
-	test_exit 1 lora-eval -m "$M" -d long.jsonl </dev/null >/dev/null 2>err &&
+	$PY -c "import json; print(json.dumps({\"input\": \" word\" * 600, \"output\": \"x\"}))" >long.jsonl &&
+	test_exit 1 lora-eval -m "$LORA_SHARED/stories260K-hf" -d long.jsonl </dev/null >/dev/null 2>err &&
 	test_grep "long.jsonl:1: the example is [0-9]* tokens long, more than the model.s context of 512" err
 '
 
 test_expect_success 'an adapter for another model: module missing, or shapes' '
 	lora-pack "$G/adapters/t5-tiny/pool_0" >t5.lora &&
 	test_exit 1 lora-eval -m "$M" -d "$EX" <t5.lora >/dev/null 2>err &&
-	test_grep "record 1: adapter .pool_0.: module .* is not a linear layer of this gpt2 model" err &&
+	test_grep "record 1: adapter .pool_0.: module .* is not a linear layer of this llama model" err &&
 	lora-pack "$G/adapters/stories260K/extra_r8_all" >s.lora &&
-	test_exit 1 lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" <s.lora >/dev/null 2>err &&
+	test_exit 1 lora-eval -m "$M" -d "$EX" <s.lora >/dev/null 2>err &&
 	test_grep "another base model" err
 '
 
 test_expect_success 'a weights record naming an adapter not in the pool' '
-	lora-pack "$G/adapters/gpt2-tiny/pool_0" >pool &&
+	lora-pack "$G/adapters/llama-tiny/pool_0" >pool &&
 	{ cat pool && $LIB weights 1 pool_0=1,pool_9=1; } >in &&
 	test_exit 1 lora-eval -m "$M" -d "$EX" <in >/dev/null 2>err &&
 	test_grep "weights name .pool_9. is not an adapter of the pool" err
 '
 
 test_expect_success 'truncated and garbage streams' '
-	lora-pack "$G/adapters/gpt2-tiny/pool_0" >pool &&
+	lora-pack "$G/adapters/llama-tiny/pool_0" >pool &&
 	head -c 100 pool >trunc &&
 	test_exit 1 lora-eval -m "$M" -d "$EX" <trunc >/dev/null 2>err &&
 	test_grep "truncated" err &&
@@ -106,7 +107,7 @@ test_expect_success 'truncated and garbage streams' '
 '
 
 test_expect_success 'a failed run leaves no --predictions file behind' '
-	lora-pack "$G/adapters/gpt2-tiny/pool_0" >pool &&
+	lora-pack "$G/adapters/llama-tiny/pool_0" >pool &&
 	{ cat pool && $LIB weights 1 nope=1; } >in &&
 	test_exit 1 lora-eval -m "$M" -d "$EX" -g --max-new-tokens 2 --predictions p.jsonl <in >/dev/null 2>err &&
 	! test -e p.jsonl && test -z "$(ls | grep "^p.jsonl")"

@@ -3,7 +3,8 @@
 # record must be answered by its score while stdin is still open (no reading
 # ahead), and the scores must equal those of the same stream from a file.
 . "$(dirname "$0")/lib.sh"
-LIB="python3 $TOP/tests/t/t04-lib.py"
+PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+LIB="$PY $TOP/tests/t/t04-lib.py"
 
 if ! need_shared golden; then
 	test_skip 'lora-eval coprocess' 'LORA_SHARED not set'
@@ -13,8 +14,8 @@ fi
 G=$LORA_SHARED/golden
 
 test_expect_success 'each weights record is scored before the next one is sent' '
-	lora-pack "$G"/adapters/gpt2-tiny/pool_? >pool &&
-	$LIB coproc pool lora-eval -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" >out &&
+	lora-pack "$G"/adapters/llama-tiny/pool_? >pool &&
+	$LIB coproc pool lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" >out &&
 	test_grep "^\[1, 2, 3\]$" out
 '
 

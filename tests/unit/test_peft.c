@@ -660,6 +660,14 @@ static void test_refusals(void)
 	} else {
 		check_skip("unreadable config (running as root)");
 	}
+	/* a config that is not a file at all */
+	d = make_fixture("cfgdir", NULL, ok, 2);
+	snprintf(cmd, sizeof cmd, "mkdir '%s/adapter_config.json'", d);
+	if (system(cmd) == 0) {
+		rc = lora_peft_read(d, &a, &err);
+		snprintf(want, sizeof want, "cannot read '%s/adapter_config.json': not a regular file", d);
+		check(rc == LORA_EIO && !strcmp(err.msg, want), "config that is a directory: %s", err.msg);
+	}
 }
 
 int main(void)

@@ -88,16 +88,56 @@ static int run_golden(const struct lora_tok *t, const char *file, const char *ke
 		if (ia && ib && id)
 			good++;
 		else if (verbose && shown++ < 5) {
-			printf("# %s line %d mismatch (ids %d, no_special %d, decoded %d): %s\n", key, ln,
-			       ia, ib, id, text ? text : "?");
+			printf("# %s line %d mismatch (ids %d, no_special %d, decoded %d): %s\n",
+			       key, ln, ia, ib, id, text ? text : "?");
 			if (a)
 				print_ids("got", a, na);
 			if (dec)
-				printf("#   decoded: %s\n#   want:    %s\n", dec, want_dec ? want_dec : "?");
+				printf("#   decoded: %s\n#   want:    %s\n", dec,
+				       want_dec ? want_dec : "?");
 		}
 		free(a);
 		free(b);
 		free(dec);
+		lora_doc_free(d);
+	}
+	free(line);
+	fclose(f);
+	return good;
+}
+
+/* Lines of a golden file whose `decoded` equals decode_ex(ids, flags). */
+static int count_slow_decoded(const struct lora_tok *t, const char *file, const char *key,
+			      unsigned flags)
+{
+	FILE *f = fopen(file, "r");
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	int good = 0;
+	if (!f)
+		return -1;
+	while ((len = getline(&line, &cap, f)) > 0) {
+		struct lora_doc *d = NULL;
+		if (lora_doc_parse_buffer(line, (size_t)len, file, 1, &d, NULL))
+			continue;
+		const struct lora_doc *rec = lora_doc_get(d, key);
+		const struct lora_doc *ids = rec ? lora_doc_get(rec, "ids") : NULL;
+		const char *want = NULL;
+		lora_doc_get_string(rec, "decoded", file, &want, NULL);
+		if (ids && ids->type == LORA_DOC_ARRAY && want) {
+			int32_t *v = malloc((ids->u.arr.n + 1) * sizeof *v);
+			char *s = NULL;
+			for (size_t i = 0; v && i < ids->u.arr.n; i++)
+				v[i] = (int32_t)ids->u.arr.items[i].u.i;
+			if (v &&
+			    lora_tok_decode_ex(t, v, ids->u.arr.n, flags | LORA_TOK_SKIP_SPECIAL,
+					       &s, NULL, NULL) == 0 &&
+			    strcmp(s, want) == 0)
+				good++;
+			free(s);
+			free(v);
+		}
 		lora_doc_free(d);
 	}
 	free(line);
@@ -140,13 +180,21 @@ static void golden_tests(void)
 		}
 		int lines = 0, lines2 = 0;
 		int good = run_golden(t, fastp, toks[k].key, true, true, &lines);
-		check(good == lines && lines > 0, "%s: %d/%d lines of ids_fast.jsonl match (ids, ids_no_special, decoded)",
+		check(good == lines && lines > 0,
+		      "%s: %d/%d lines of ids_fast.jsonl match (ids, ids_no_special, decoded)",
 		      toks[k].key, good, lines);
 		int sgood = run_golden(t, slowp, toks[k].key, false, false, &lines2);
 		/* Not checked: the public set's fast/slow divergences are GPT-2 0,
 		 * T5 8, stories260K 2 lines (golden/README.md section 1). */
-		printf("# %s: %d/%d lines of the slow-tokenizer ids.jsonl match (ids and ids_no_special)\n", toks[k].key, sgood,
-		       lines2);
+		printf("# %s: %d/%d lines of the slow-tokenizer ids.jsonl match (ids and "
+		       "ids_no_special)\n",
+		       toks[k].key, sgood, lines2);
+		/* the slow tokenizers' decode conventions (lib/tok.h flags) */
+		static const unsigned slow_flags[] = {0, LORA_TOK_STRIP | LORA_TOK_CLEANUP,
+						      LORA_TOK_SLOW_BYTES};
+		int dgood = count_slow_decoded(t, slowp, toks[k].key, slow_flags[k]);
+		printf("# %s: %d/%d decoded texts of ids.jsonl match with the slow-decode flags\n",
+		       toks[k].key, dgood, lines2);
 		lora_tok_close(t);
 	}
 }
@@ -202,12 +250,15 @@ static const char *TINY_BPE =
 	"\"normalizer\":null,"
 	"\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":true},"
 	"\"post_processor\":{\"type\":\"TemplateProcessing\","
-	"\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
-	"\"pair\":[],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[0],\"tokens\":[\"<s>\"]}}},"
+	"\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\","
+	"\"type_id\":0}}],"
+	"\"pair\":[],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[0],\"tokens\":[\"<s>\"]}}"
+	"},"
 	"\"decoder\":{\"type\":\"ByteLevel\"},"
 	"\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"fuse_unk\":false,"
 	"\"byte_fallback\":false,"
-	"\"vocab\":{\"<s>\":0,\"a\":1,\"b\":2,\"c\":3,\"\\u0120\":4,\"ab\":5,\"abc\":6,\"\\u0120a\":7,"
+	"\"vocab\":{\"<s>\":0,\"a\":1,\"b\":2,\"c\":3,\"\\u0120\":4,\"ab\":5,\"abc\":6,"
+	"\"\\u0120a\":7,"
 	"\"\\u0120ab\":8,\"!\":9},"
 	"\"merges\":[\"\\u0120 a\",\"a b\",\"ab c\",[\"\\u0120a\",\"b\"]]}}";
 
@@ -218,13 +269,18 @@ static const char *TINY_UNIGRAM =
 	"\"normalized\":false,\"special\":true}],"
 	"\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKC\"},"
 	"{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" {2,}\"},\"content\":\" \"}]},"
-	"\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\"},"
+	"\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
+	"\"always\"},"
 	"\"post_processor\":{\"type\":\"TemplateProcessing\","
-	"\"single\":[{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"</s>\",\"type_id\":0}}],"
-	"\"pair\":[],\"special_tokens\":{\"</s>\":{\"id\":\"</s>\",\"ids\":[1],\"tokens\":[\"</s>\"]}}},"
-	"\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\"},"
+	"\"single\":[{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"</"
+	"s>\",\"type_id\":0}}],"
+	"\"pair\":[],\"special_tokens\":{\"</s>\":{\"id\":\"</s>\",\"ids\":[1],\"tokens\":[\"</"
+	"s>\"]}}},"
+	"\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
+	"\"always\"},"
 	"\"model\":{\"type\":\"Unigram\",\"unk_id\":2,\"byte_fallback\":false,\"vocab\":["
-	"[\"<pad>\",0.0],[\"</s>\",0.0],[\"<unk>\",0.0],[\"\\u2581\",-2.0],[\"a\",-3.0],[\"b\",-3.0],"
+	"[\"<pad>\",0.0],[\"</"
+	"s>\",0.0],[\"<unk>\",0.0],[\"\\u2581\",-2.0],[\"a\",-3.0],[\"b\",-3.0],"
 	"[\"\\u2581ab\",-4.0],[\"\\u2581a\",-3.5],[\"ab\",-3.0],[\"fi\",-5.0]]}}";
 
 /* SentencePiece-style BPE (Llama-2/stories260K): dummy prefix, byte fallback. */
@@ -232,19 +288,61 @@ static const char *TINY_SPBPE =
 	"{\"version\":\"1.0\",\"added_tokens\":["
 	"{\"id\":0,\"content\":\"<unk>\",\"normalized\":false,\"special\":true},"
 	"{\"id\":1,\"content\":\"<s>\",\"normalized\":false,\"special\":true}],"
-	"\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":\"\\u2581\"},"
+	"\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Prepend\",\"prepend\":"
+	"\"\\u2581\"},"
 	"{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\\u2581\"}]},"
 	"\"pre_tokenizer\":null,"
 	"\"post_processor\":{\"type\":\"TemplateProcessing\","
-	"\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
-	"\"pair\":[],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[1],\"tokens\":[\"<s>\"]}}},"
-	"\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"\\u2581\"},"
+	"\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\","
+	"\"type_id\":0}}],"
+	"\"pair\":[],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[1],\"tokens\":[\"<s>\"]}}"
+	"},"
+	"\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{"
+	"\"String\":\"\\u2581\"},"
 	"\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},"
 	"{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":0}]},"
-	"\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,\"byte_fallback\":true,"
+	"\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,\"byte_fallback\":"
+	"true,"
 	"\"vocab\":{\"<unk>\":0,\"<s>\":1,\"</s>\":2,\"<0xC3>\":3,\"<0xA9>\":4,\"<0x00>\":5,"
 	"\"\\u2581\":6,\"a\":7,\"b\":8,\"\\u2581a\":9,\"ab\":10,\"\\u2581ab\":11},"
 	"\"merges\":[\"\\u2581 a\",\"a b\",\"\\u2581a b\"]}}";
+
+/* A BPE with continuing_subword_prefix "##" and end_of_word_suffix "</w>",
+ * Lowercase + WhitespaceSplit, no decoder (tokens joined with spaces), and
+ * added tokens with lstrip/rstrip (<m>), single_word (bob) and normalized
+ * (DAB) flags; the ids in the file (99) are not the ones the library uses. */
+static const char *TINY_PREFIX =
+	"{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[{\"id\":0,"
+	"\"content\":\"<unk>"
+	"\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,"
+	"\"special\":true},{\"i"
+	"d\":99,\"content\":\"<m>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,"
+	"\"normalized\":false,\""
+	"special\":true},{\"id\":99,\"content\":\"bob\",\"single_word\":true,\"lstrip\":false,"
+	"\"rstrip\":false,\""
+	"normalized\":true,\"special\":false},{\"id\":99,\"content\":\"DAB\",\"single_word\":false,"
+	"\"lstrip\":fa"
+	"lse,\"rstrip\":false,\"normalized\":true,\"special\":false}],\"normalizer\":{\"type\":"
+	"\"Lowercase\"},\""
+	"pre_tokenizer\":{\"type\":\"WhitespaceSplit\"},\"post_processor\":null,\"decoder\":null,"
+	"\"model\":{\"t"
+	"ype\":\"BPE\",\"dropout\":null,\"unk_token\":\"<unk>\",\"continuing_subword_prefix\":\"##"
+	"\",\"end_of_wor"
+	"d_suffix\":\"</"
+	"w>\",\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,\"vocab\":{\"<u"
+	"nk>\":0,\"a\":1,\"##a\":2,\"a</w>\":3,\"##a</w>\":4,\"b\":5,\"##b\":6,\"b</w>\":7,\"##b</"
+	"w>\":8,\"d\":9,\"##d\""
+	":10,\"d</w>\":11,\"##d</w>\":12,\"e\":13,\"##e\":14,\"e</w>\":15,\"##e</"
+	"w>\":16,\"h\":17,\"##h\":18,\"h</w>"
+	"\":19,\"##h</w>\":20,\"l\":21,\"##l\":22,\"l</w>\":23,\"##l</"
+	"w>\":24,\"o\":25,\"##o\":26,\"o</w>\":27,\"##o<"
+	"/w>\":28,\"r\":29,\"##r\":30,\"r</w>\":31,\"##r</w>\":32,\"w\":33,\"##w\":34,\"w</"
+	"w>\":35,\"##w</w>\":36,\"h"
+	"e\":37,\"hel\":38,\"hell\":39,\"hello</w>\":40,\"wo\":41,\"wor\":42,\"##rl\":43,\"##rld</"
+	"w>\":44,\"world</"
+	"w>\":45},\"merges\":[\"h ##e\",\"he ##l\",\"hel ##l\",\"hell ##o</w>\",\"w ##o\",\"wo "
+	"##r\",\"##r ##l\",\"##"
+	"rl ##d</w>\",\"wo ##rld</w>\"]}}";
 
 static void tiny_tests(void)
 {
@@ -261,15 +359,19 @@ static void tiny_tests(void)
 	if (check(lora_tok_open(path, &t, &err) == 0, "open tiny BPE tokenizer.json")) {
 		/* "abc ab!": words "abc", " ab", "!"; " ab" = Ġ a b -> Ġa b -> Ġab (rank 3) */
 		check(enc_is(t, "abc ab!", false, (int32_t[]){6, 8, 9}, 3), "BPE merges by rank");
-		check(enc_is(t, "abc ab!", true, (int32_t[]){0, 6, 8, 9}, 4), "BPE template adds <s>");
+		check(enc_is(t, "abc ab!", true, (int32_t[]){0, 6, 8, 9}, 4),
+		      "BPE template adds <s>");
 		check(enc_is(t, "a<s>b", false, (int32_t[]){1, 0, 2}, 3),
 		      "special token matched inside text");
 		check(enc_is(t, "", true, (int32_t[]){0}, 1), "empty text gives only <s>");
-		check(dec_is(t, (int32_t[]){0, 6, 8, 9}, 4, true, "abc ab!"), "BPE decode skips <s>");
+		check(dec_is(t, (int32_t[]){0, 6, 8, 9}, 4, true, "abc ab!"),
+		      "BPE decode skips <s>");
 		check(dec_is(t, (int32_t[]){0, 6}, 2, false, "<s>abc"), "BPE decode keeps <s>");
 		check(lora_tok_vocab_size(t) == 10, "vocab size 10");
 		check(lora_tok_id(t, "ab") == 5 && lora_tok_id(t, "zz") == -1, "lora_tok_id");
-		check(lora_tok_piece(t, 7) && strcmp(lora_tok_piece(t, 7), "\xc4\xa0" "a") == 0 &&
+		check(lora_tok_piece(t, 7) &&
+			      strcmp(lora_tok_piece(t, 7), "\xc4\xa0"
+							   "a") == 0 &&
 			      lora_tok_piece(t, 99) == NULL,
 		      "lora_tok_piece");
 		int32_t *ids = NULL;
@@ -293,9 +395,16 @@ static void tiny_tests(void)
 		check(enc_is(t, "ab  ab", true, (int32_t[]){6, 6, 1}, 3), "Unigram Viterbi + </s>");
 		/* "ﬁ" NFKC -> "fi" (one piece); "x" unknown -> <unk>, "xx" fused */
 		check(enc_is(t, "\xef\xac\x81", false, (int32_t[]){3, 9}, 2), "NFKC then pieces");
-		check(enc_is(t, "axxb", false, (int32_t[]){7, 2, 5}, 3), "unknown chars fused to one <unk>");
-		check(enc_is(t, "ab</s>", false, (int32_t[]){6, 1}, 2), "</s> split before the model");
+		check(enc_is(t, "axxb", false, (int32_t[]){7, 2, 5}, 3),
+		      "unknown chars fused to one <unk>");
+		check(enc_is(t, "ab</s>", false, (int32_t[]){6, 1}, 2),
+		      "</s> split before the model");
 		check(dec_is(t, (int32_t[]){6, 7, 1}, 3, true, "ab a"), "Metaspace decode");
+		char *s = NULL;
+		int rc = lora_tok_decode_ex(t, (int32_t[]){3, 6, 3, 1}, 4,
+					    LORA_TOK_SKIP_SPECIAL | LORA_TOK_STRIP, &s, NULL, &err);
+		check(rc == 0 && strcmp(s, "ab") == 0, "LORA_TOK_STRIP");
+		free(s);
 		lora_tok_close(t);
 	} else {
 		printf("# %s\n", err.msg);
@@ -307,14 +416,52 @@ static void tiny_tests(void)
 		/* "▁ab▁é": ▁a (rank 0) then ▁a+b (rank 2); é has no piece -> bytes */
 		check(enc_is(t, "ab \xc3\xa9", true, (int32_t[]){1, 11, 6, 3, 4}, 5),
 		      "byte fallback for a char without a piece");
-		check(enc_is(t, "xx", false, (int32_t[]){6, 0}, 2), "unknown chars fused into one <unk>");
+		check(enc_is(t, "xx", false, (int32_t[]){6, 0}, 2),
+		      "unknown chars fused into one <unk>");
 		check(dec_is(t, (int32_t[]){1, 11, 6, 3, 4}, 5, true, "ab \xc3\xa9"),
 		      "decode: byte pieces back to UTF-8, dummy prefix stripped");
 		char *s = NULL;
 		size_t n = 0;
-		int rc = lora_tok_decode_len(t, (int32_t[]){7, 5, 8}, 3, true, &s, &n, &err);
-		check(rc == 0 && n == 3 && memcmp(s, "a\0b", 3) == 0, "decode_len keeps a NUL byte");
+		int rc = lora_tok_decode_ex(t, (int32_t[]){7, 5, 8}, 3, LORA_TOK_SKIP_SPECIAL, &s,
+					    &n, &err);
+		check(rc == 0 && n == 3 && memcmp(s, "a\0b", 3) == 0, "decode_ex keeps a NUL byte");
 		free(s);
+		/* <0x00><0xC3> is not UTF-8: the fast decoder replaces both bytes,
+		 * sentencepiece only the bad one */
+		s = NULL;
+		rc = lora_tok_decode_ex(t, (int32_t[]){5, 3}, 2, 0, &s, &n, &err);
+		check(rc == 0 && n == 6 && !memcmp(s, "\xef\xbf\xbd\xef\xbf\xbd", 6),
+		      "ByteFallback: an invalid run becomes U+FFFD per byte");
+		free(s);
+		s = NULL;
+		rc = lora_tok_decode_ex(t, (int32_t[]){5, 3}, 2, LORA_TOK_SLOW_BYTES, &s, &n, &err);
+		check(rc == 0 && n == 4 && !memcmp(s, "\0\xef\xbf\xbd", 4),
+		      "LORA_TOK_SLOW_BYTES keeps the valid byte");
+		free(s);
+		lora_tok_close(t);
+	} else {
+		printf("# %s\n", err.msg);
+	}
+
+	snprintf(path, sizeof path, "%s", write_file(dir, "prefix.json", TINY_PREFIX));
+	t = NULL;
+	if (check(lora_tok_open(path, &t, &err) == 0,
+		  "open tiny BPE with ## prefix and </w> suffix")) {
+		/* Expected ids: HF tokenizers 0.23.2 (Node binding) on this exact file. */
+		check(enc_is(t, "Hello World", true, (int32_t[]){40, 42, 22, 12}, 4),
+		      "prefix/suffix merges after Lowercase + WhitespaceSplit");
+		check(enc_is(t, "hello  <m>  world", true, (int32_t[]){40, 46, 42, 22, 12}, 5),
+		      "lstrip/rstrip added token takes the spaces around it");
+		check(enc_is(t, "bob bobby Bob,bob", true,
+			     (int32_t[]){47, 5, 26, 6, 6, 0, 47, 0, 47}, 9),
+		      "single_word added token only as a whole word");
+		check(enc_is(t, "xdab DAB hello", true, (int32_t[]){0, 48, 48, 40}, 4),
+		      "normalized added token matched after normalization");
+		check(dec_is(t, (int32_t[]){40, 42, 22, 12, 46}, 5, true,
+			     "hello</w> wor ##l ##d</w>"),
+		      "no decoder: tokens joined by spaces, special dropped");
+		check(lora_tok_id(t, "<m>") == 46 && lora_tok_id(t, "bob") == 47,
+		      "added tokens numbered after the vocabulary");
 		lora_tok_close(t);
 	} else {
 		printf("# %s\n", err.msg);
@@ -326,17 +473,20 @@ static void tiny_tests(void)
 	int rc = lora_tok_open(path, &t, &err);
 	check(rc == LORA_ENOTFOUND && t == NULL && strstr(err.msg, "does-not-exist"),
 	      "missing file: %s", err.msg);
-	snprintf(path, sizeof path, "%s", write_file(dir, "bad.json", "{\"model\": {\"type\": \"BPE\", "));
+	snprintf(path, sizeof path, "%s",
+		 write_file(dir, "bad.json", "{\"model\": {\"type\": \"BPE\", "));
 	rc = lora_tok_open(path, &t, &err);
 	check(rc == LORA_EFORMAT && t == NULL, "malformed JSON: %s", err.msg);
 	snprintf(path, sizeof path, "%s",
-		 write_file(dir, "wp.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}"));
+		 write_file(dir, "wp.json",
+			    "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}"));
 	rc = lora_tok_open(path, &t, &err);
 	check(rc == LORA_EUNSUPPORTED && strstr(err.msg, "WordPiece"),
 	      "unsupported model type named: %s", err.msg);
 	snprintf(path, sizeof path, "%s",
 		 write_file(dir, "m.json",
-			    "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}"));
+			    "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": "
+			    "[\"a b\"]}}"));
 	rc = lora_tok_open(path, &t, &err);
 	check(rc == LORA_EFORMAT && strstr(err.msg, "merge 0"), "merge with unknown token: %s",
 	      err.msg);
