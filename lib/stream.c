@@ -30,6 +30,8 @@
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
 #define READ_INIT ((size_t)1 << 13)	/* unpacker buffer to start with */
 #define READ_MIN ((size_t)1 << 12)	/* free space to ask for before each read */
@@ -1231,6 +1233,30 @@ static int reader_fail(struct lora_reader *r, uint64_t at, int rc, struct lora_e
 			       (unsigned long long)at);
 }
 
+/* Read what is available now, up to cap bytes; 0 at end of input, -1 on a
+ * read error (errno set). fread on a pipe waits until cap bytes arrive, which
+ * deadlocks a coprocess answering record by record (lora-cmaes drives
+ * lora-eval so); pipes therefore get one read(2). Bytes stdio has already
+ * buffered (a caller may have peeked) are handed out first. */
+static ssize_t read_some(FILE *f, void *buf, size_t cap)
+{
+	size_t buffered = (size_t)(f->_IO_read_end - f->_IO_read_ptr);
+	struct stat st;
+	int fd = fileno(f);
+	if (buffered == 0 && fd >= 0 && fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+		for (;;) {
+			ssize_t n = read(fd, buf, cap);
+			if (n >= 0 || errno != EINTR)
+				return n;
+		}
+	}
+	size_t want = buffered && buffered < cap ? buffered : cap;
+	size_t got = fread(buf, 1, want, f);
+	if (got == 0 && ferror(f))
+		return -1;
+	return (ssize_t)got;
+}
+
 int lora_reader_next(struct lora_reader *r, struct lora_record *rec, struct lora_err *err)
 {
 	memset(rec, 0, sizeof *rec);
@@ -1260,16 +1286,15 @@ int lora_reader_next(struct lora_reader *r, struct lora_record *rec, struct lora
 			return reader_fail(r, r->rec_start,
 					   lora_errf(err, LORA_ENOMEM, "out of memory buffering a record"),
 					   err);
-		size_t got = fread(msgpack_unpacker_buffer(&r->up), 1,
-				   msgpack_unpacker_buffer_capacity(&r->up), r->f);
-		msgpack_unpacker_buffer_consumed(&r->up, got);
-		if (got == 0) {
-			if (ferror(r->f))
-				return reader_fail(r, r->scan_abs,
-						   lora_errf(err, LORA_EIO, "read error: %s",
-							     strerror(errno)), err);
+		ssize_t got = read_some(r->f, msgpack_unpacker_buffer(&r->up),
+					msgpack_unpacker_buffer_capacity(&r->up));
+		if (got < 0)
+			return reader_fail(r, r->scan_abs,
+					   lora_errf(err, LORA_EIO, "read error: %s",
+						     strerror(errno)), err);
+		msgpack_unpacker_buffer_consumed(&r->up, (size_t)got);
+		if (got == 0)
 			r->eof = true;
-		}
 	}
 	/* 2. let msgpack-c parse exactly those bytes */
 	uint64_t start = r->rec_start, end = r->scan_abs;
