@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <poll.h>
 #include <sys/stat.h>
 
 #define READ_INIT ((size_t)1 << 13)	/* unpacker buffer to start with */
@@ -1246,8 +1247,12 @@ static ssize_t read_some(FILE *f, void *buf, size_t cap)
 	if (buffered == 0 && fd >= 0 && fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
 		for (;;) {
 			ssize_t n = read(fd, buf, cap);
-			if (n >= 0 || errno != EINTR)
+			if (n >= 0 || (errno != EINTR && errno != EAGAIN))
 				return n;
+			if (errno == EAGAIN) {	/* a non-blocking fd was handed to us: wait */
+				struct pollfd p = { .fd = fd, .events = POLLIN };
+				poll(&p, 1, -1);
+			}
 		}
 	}
 	size_t want = buffered && buffered < cap ? buffered : cap;

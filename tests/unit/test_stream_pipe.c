@@ -4,6 +4,7 @@
 #include "check.h"
 #include "stream.h"
 
+#include <fcntl.h>
 #include <signal.h>
 
 static void on_alarm(int sig)
@@ -21,6 +22,9 @@ int main(void)
 	int fds[2];
 	if (pipe(fds) != 0)
 		return 1;
+	/* a non-blocking read end, as a parent may hand its child: still one
+	 * record at a time, waiting when nothing has arrived yet */
+	fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
 	FILE *in = fdopen(fds[0], "rb"), *out = fdopen(fds[1], "wb");
 	struct lora_err err = { 0 };
 	struct lora_writer *w = NULL;
