@@ -13,7 +13,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,65 +202,6 @@ static void open_predictions(struct ctx *c, const char *path)
 	c->pred_path = path;
 }
 
-/*
- * Coprocess input. lib/stream reads with fread(buf, 1, capacity, f), with
- * capacity >= 64 KiB, and glibc's fread keeps reading until it has all of it
- * or EOF, so on a pipe it would wait for records that lora-cmaes sends only
- * after our score. We give the reader a FILE (4 KiB buffer) whose read
- * function returns what the pipe has: the first read of each fread blocks;
- * a later one, when nothing more is waiting, fails with EAGAIN, which ends
- * that fread early with what it has (glibc sets the error flag, which is not
- * sticky; lib/stream only looks at it when nothing was read, and we clear it
- * before a real end of input). Every fread asks for more than one buffer, so
- * it always reaches a read call and never ends on buffered bytes alone.
- * (Remove once lib/stream reads only what is available.)
- */
-struct pipe_in {
-	int fd;
-	FILE *f;
-	bool fresh;	/* the next call is the first of an fread: block */
-	bool eof;
-};
-
-static ssize_t pipe_read(void *cookie, char *buf, size_t size)
-{
-	struct pipe_in *p = cookie;
-	if (p->eof || size == 0)
-		return 0;
-	if (!p->fresh) {
-		struct pollfd pfd = {p->fd, POLLIN, 0};
-		int k;
-		while ((k = poll(&pfd, 1, 0)) < 0 && errno == EINTR)
-			;
-		if (k == 0) {
-			p->fresh = true;
-			errno = EAGAIN;
-			return -1;
-		}
-	}
-	ssize_t n;
-	while ((n = read(p->fd, buf, size)) < 0 && errno == EINTR)
-		;
-	p->fresh = n <= 0;
-	if (n == 0) {
-		p->eof = true;
-		clearerr_unlocked(p->f);
-	}
-	return n;
-}
-
-static FILE *open_pipe_input(struct pipe_in *p)
-{
-	p->fd = STDIN_FILENO;
-	p->fresh = true;
-	p->eof = false;
-	cookie_io_functions_t io = {.read = pipe_read};
-	p->f = fopencookie(p, "r", io);
-	if (p->f)
-		setvbuf(p->f, NULL, _IOFBF, 4096);
-	return p->f;
-}
-
 static struct ctx *cleanup_ctx;
 
 static void remove_tmp(void)
@@ -369,12 +309,10 @@ int main(int argc, char **argv)
 	struct pool pool = {0};
 	size_t n_weights = 0;
 	struct lora_reader *r = NULL;
-	struct pipe_in pin;
-	FILE *in = NULL;
 	if (!isatty(STDIN_FILENO)) {
-		if (!(in = open_pipe_input(&pin)))
-			lora_cli_die(1, "cannot read standard input: %s", strerror(errno));
-		if (lora_reader_open(in, "-", &r, &err) < 0)
+		/* lib/stream reads a pipe with read(2), never ahead of what
+		 * has arrived, so each weights record is scored as it comes */
+		if (lora_reader_open(stdin, "-", &r, &err) < 0)
 			lora_cli_die_err(&err);
 		for (;;) {
 			struct lora_record rec;
@@ -429,8 +367,6 @@ int main(int argc, char **argv)
 		}
 	}
 	lora_reader_close(r);
-	if (in)
-		fclose(in);
 	lora_writer_close(c.w);
 	pool_free(&pool);
 	lora_eval_free(c.ev);

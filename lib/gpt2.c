@@ -171,7 +171,8 @@ struct acts {
 	float *qkv;	/* [T, 3C] */
 	float *a;	/* [T, C] */
 	float *f;	/* [T, F] */
-	float *s;	/* [maxlen, maxkeys] */
+	float *s;	/* per worker: [maxlen, maxkeys] scores */
+	size_t s_stride;
 	float *lr;	/* [T, maxR] */
 	float *mem;
 };
@@ -194,7 +195,9 @@ static int acts_alloc(struct acts *A, const struct gpt2 *p, int R, int T, int ma
 {
 	size_t per_t = 6 * (size_t)p->C + (size_t)p->F + (size_t)R, n, sn;
 	if (lora_size_mul(per_t, (size_t)T, &n) < 0 ||
-	    lora_size_mul((size_t)maxlen, (size_t)maxkeys, &sn) < 0 || lora_size_add(n, sn, &n) < 0 ||
+	    lora_size_mul((size_t)maxlen, (size_t)maxkeys, &A->s_stride) < 0 ||
+	    lora_size_mul(A->s_stride, (size_t)lora_parallel_workers(), &sn) < 0 ||
+	    lora_size_add(n, sn, &n) < 0 ||
 	    lora_size_mul(n, sizeof(float), &n) < 0 || !(A->mem = malloc(n)))
 		return lora_errf(err, LORA_ENOMEM, "out of memory for activations of %d tokens", T);
 	float *f = A->mem;
@@ -206,6 +209,44 @@ static int acts_alloc(struct acts *A, const struct gpt2 *p, int R, int T, int ma
 	A->lr = f, f += (size_t)T * R;
 	A->s = f;
 	return 0;
+}
+
+/* One layer's attention, split into (segment, head) units run in parallel
+ * (lora_parallel_for), each worker with its own score scratch. */
+struct attn_job {
+	const struct gpt2 *p;
+	const struct seg *segs;
+	struct acts *A;
+	float *kc, *vc;		/* this layer's KV cache, or NULL */
+	int l;
+};
+
+static void attn_unit(void *ctx, int u, int worker)
+{
+	struct attn_job *j = ctx;
+	const struct gpt2 *p = j->p;
+	const struct seg *sg = &j->segs[u / p->NH];
+	int h = u % p->NH, C = p->C, HS = p->HS;
+	/* HF: attn_weights / sqrt(HS), then / (layer + 1) */
+	float d1 = p->scale_w ? sqrtf((float)HS) : 1.0f, d2 = p->scale_inv ? (float)(j->l + 1) : 1.0f;
+	const float *q = j->A->qkv + (size_t)sg->off * 3 * C;
+	const float *kb = q + C, *vb = q + 2 * C;
+	int ld = 3 * C, pos0 = 0;
+	if (j->kc)
+		kb = j->kc, vb = j->vc, ld = C, pos0 = sg->pos0;
+	int nk = pos0 + sg->len;
+	float *S = j->A->s + (size_t)worker * j->A->s_stride;
+	lora_gemm(false, true, sg->len, nk, HS, 1.0f, q + h * HS, 3 * C, kb + h * HS, ld, 0.0f, S, nk);
+	for (int i = 0; i < sg->len; i++) {
+		float *row = S + (size_t)i * nk;
+		int last = pos0 + i;
+		for (int k = 0; k <= last; k++)
+			row[k] = row[k] / d1 / d2;
+		lora_softmax_rows(row, 1, last + 1);
+		memset(row + last + 1, 0, (size_t)(nk - last - 1) * sizeof *row);
+	}
+	lora_gemm(false, false, sg->len, HS, nk, 1.0f, S, nk, vb + h * HS, ld, 0.0f,
+		  j->A->a + (size_t)sg->off * C + h * HS, C);
 }
 
 static void lin(struct lora_model *m, const struct layer *ly, int j, float *y, const float *x,
@@ -220,7 +261,7 @@ static void lin(struct lora_model *m, const struct layer *ly, int j, float *y, c
 static void forward(struct lora_model *m, const struct gpt2 *p, const int32_t *ids, int T,
 		    const struct seg *segs, int nseg, float **kc, float **vc, struct acts *A)
 {
-	int C = p->C, HS = p->HS;
+	int C = p->C;
 	for (int s = 0; s < nseg; s++)
 		for (int i = 0; i < segs[s].len; i++) {
 			size_t t = (size_t)segs[s].off + i;
@@ -233,35 +274,19 @@ static void forward(struct lora_model *m, const struct gpt2 *p, const int32_t *i
 		const struct layer *ly = &p->layers[l];
 		lora_layernorm(A->h, A->x, ly->ln1_w, ly->ln1_b, T, C, p->eps);
 		lin(m, ly, ATTN, A->qkv, A->h, T, C, 3 * C, A->lr);
-		float scale = p->scale_w ? 1.0f / sqrtf((float)HS) : 1.0f;
-		if (p->scale_inv)
-			scale /= (float)(l + 1);
-		for (int s = 0; s < nseg; s++) {
-			const struct seg *sg = &segs[s];
-			const float *q = A->qkv + (size_t)sg->off * 3 * C;
-			const float *kb = q + C, *vb = q + 2 * C;
-			int ld = 3 * C, pos0 = 0;
-			if (kc) {
+		if (kc)
+			for (int s = 0; s < nseg; s++) {
+				const struct seg *sg = &segs[s];
+				const float *q = A->qkv + (size_t)sg->off * 3 * C;
 				for (int i = 0; i < sg->len; i++) {
-					memcpy(kc[l] + (size_t)(sg->pos0 + i) * C, kb + (size_t)i * ld,
+					memcpy(kc[l] + (size_t)(sg->pos0 + i) * C, q + (size_t)i * 3 * C + C,
 					       (size_t)C * sizeof(float));
-					memcpy(vc[l] + (size_t)(sg->pos0 + i) * C, vb + (size_t)i * ld,
+					memcpy(vc[l] + (size_t)(sg->pos0 + i) * C, q + (size_t)i * 3 * C + 2 * C,
 					       (size_t)C * sizeof(float));
 				}
-				kb = kc[l], vb = vc[l], ld = C, pos0 = sg->pos0;
 			}
-			int nk = pos0 + sg->len;
-			for (int h = 0; h < p->NH; h++) {
-				lora_gemm(false, true, sg->len, nk, HS, scale, q + h * HS, 3 * C,
-					  kb + h * HS, ld, 0.0f, A->s, nk);
-				for (int i = 0; i < sg->len; i++)
-					for (int j = pos0 + i + 1; j < nk; j++)
-						A->s[(size_t)i * nk + j] = -INFINITY;
-				lora_softmax_rows(A->s, sg->len, nk);
-				lora_gemm(false, false, sg->len, HS, nk, 1.0f, A->s, nk, vb + h * HS, ld,
-					  0.0f, A->a + (size_t)sg->off * C + h * HS, C);
-			}
-		}
+		struct attn_job job = {p, segs, A, kc ? kc[l] : NULL, vc ? vc[l] : NULL, l};
+		lora_parallel_for(nseg * p->NH, attn_unit, &job);
 		lin(m, ly, APROJ, A->h, A->a, T, C, C, A->lr);
 		for (size_t i = 0; i < (size_t)T * C; i++)
 			A->x[i] += A->h[i];

@@ -265,8 +265,9 @@ struct acts {
 	float *k, *v;	/* [T, NKV*HS] */
 	float *a;	/* [T, NH*HS] attention output */
 	float *g, *u;	/* [T, F] */
-	float *s;	/* [grp*maxlen, maxkeys] scores of one kv head's query heads */
-	float *qg;	/* [grp*maxlen, HS] those query heads stacked, then their output */
+	float *s;	/* per worker: [grp*maxlen, maxkeys] scores of one kv head's query heads */
+	float *qg;	/* per worker: [grp*maxlen, HS] those query heads stacked, then output */
+	size_t s_stride, qg_stride;	/* floats per worker */
 	float *lr;	/* [T, maxR] LoRA scratch */
 	float *mem;
 };
@@ -289,11 +290,14 @@ static int acts_alloc(struct acts *A, const struct llama *p, int R, int T, int m
 {
 	size_t QD = (size_t)p->NH * p->HS, KD = (size_t)p->NKV * p->HS;
 	size_t per_t = 2 * (size_t)p->C + 2 * QD + 2 * KD + 2 * (size_t)p->F + (size_t)R;
-	size_t n, sn, rows = (size_t)(p->NH / p->NKV) * (size_t)maxlen;
+	size_t n, sn, rows = (size_t)(p->NH / p->NKV) * (size_t)maxlen, nw = (size_t)lora_parallel_workers();
 	if (lora_size_mul(per_t, (size_t)T, &n) < 0 || lora_size_mul(rows, (size_t)maxkeys, &sn) < 0 ||
-	    lora_size_add(n, sn, &n) < 0 || lora_size_add(n, rows * (size_t)p->HS, &n) < 0 ||
+	    lora_size_add(sn, rows * (size_t)p->HS, &A->s_stride) < 0 ||
+	    lora_size_mul(A->s_stride, nw, &sn) < 0 || lora_size_add(n, sn, &n) < 0 ||
 	    lora_size_mul(n, sizeof(float), &n) < 0 || !(A->mem = malloc(n)))
 		return lora_errf(err, LORA_ENOMEM, "out of memory for activations of %d tokens", T);
+	A->s_stride = rows * (size_t)maxkeys;
+	A->qg_stride = rows * (size_t)p->HS;
 	float *f = A->mem;
 	A->x = f, f += (size_t)T * p->C;
 	A->h = f, f += (size_t)T * p->C;
@@ -304,7 +308,7 @@ static int acts_alloc(struct acts *A, const struct llama *p, int R, int T, int m
 	A->g = f, f += (size_t)T * p->F;
 	A->u = f, f += (size_t)T * p->F;
 	A->lr = f, f += (size_t)T * R;
-	A->qg = f, f += rows * (size_t)p->HS;
+	A->qg = f, f += nw * A->qg_stride;
 	A->s = f;
 	return 0;
 }
@@ -344,39 +348,63 @@ static void rope(const struct llama *p, float *x, int nh, const struct seg *segs
 		}
 }
 
-/* Causal attention of one segment: queries q rows [len, QD]; keys/values in
- * kb/vb rows 0..pos0+len (stride KD). Output into a rows [len, QD].
- * The grp query heads that share a kv head are stacked into one
- * [grp*len, HS] matrix (qg), so each kv head costs two sgemms with
- * M = grp*len instead of 2*grp small ones. S holds [grp*len, nk] scores. */
+/* Causal attention of one segment for one kv head kh: queries q rows
+ * [len, QD]; keys/values in kb/vb rows 0..pos0+len (stride KD); output into
+ * the kv head's query-head columns of a rows [len, QD]. The grp query heads
+ * that share kv head kh are stacked into one [grp*len, HS] matrix (qg), so
+ * they cost two sgemms with M = grp*len. S holds [grp*len, nk] scores. */
 static void attend(const struct llama *p, const float *q, const float *kb, const float *vb,
-		   float *a, int len, int pos0, float *S, float *qg)
+		   float *a, int len, int pos0, int kh, float *S, float *qg)
 {
 	int QD = p->NH * p->HS, KD = p->NKV * p->HS, HS = p->HS, nk = pos0 + len;
 	int grp = p->NH / p->NKV, M = grp * len;
 	float div = sqrtf((float)HS);	/* HF divides the product by sqrt(HS) */
-	for (int kh = 0; kh < p->NKV; kh++) {
-		for (int g = 0; g < grp; g++)
-			for (int i = 0; i < len; i++)
-				memcpy(qg + ((size_t)g * len + i) * HS, q + (size_t)i * QD + (kh * grp + g) * HS,
-				       (size_t)HS * sizeof(float));
-		lora_gemm(false, true, M, nk, HS, 1.0f, qg, HS, kb + kh * HS, KD, 0.0f, S, nk);
-		for (int r = 0; r < M; r++) {
-			float *row = S + (size_t)r * nk;
-			int last = pos0 + r % len;	/* keys 0..last are visible */
-			int first = p->window && last - p->window + 1 > 0 ? last - p->window + 1 : 0;
-			for (int j = first; j <= last; j++)
-				row[j] /= div;
-			lora_softmax_rows(row + first, 1, last + 1 - first);
-			memset(row, 0, (size_t)first * sizeof *row);
-			memset(row + last + 1, 0, (size_t)(nk - last - 1) * sizeof *row);
-		}
-		lora_gemm(false, false, M, HS, nk, 1.0f, S, nk, vb + kh * HS, KD, 0.0f, qg, HS);
-		for (int g = 0; g < grp; g++)
-			for (int i = 0; i < len; i++)
-				memcpy(a + (size_t)i * QD + (kh * grp + g) * HS, qg + ((size_t)g * len + i) * HS,
-				       (size_t)HS * sizeof(float));
+	for (int g = 0; g < grp; g++)
+		for (int i = 0; i < len; i++)
+			memcpy(qg + ((size_t)g * len + i) * HS, q + (size_t)i * QD + (kh * grp + g) * HS,
+			       (size_t)HS * sizeof(float));
+	lora_gemm(false, true, M, nk, HS, 1.0f, qg, HS, kb + kh * HS, KD, 0.0f, S, nk);
+	for (int r = 0; r < M; r++) {
+		float *row = S + (size_t)r * nk;
+		int last = pos0 + r % len;	/* keys 0..last are visible */
+		int first = p->window && last - p->window + 1 > 0 ? last - p->window + 1 : 0;
+		for (int j = first; j <= last; j++)
+			row[j] /= div;
+		lora_softmax_rows(row + first, 1, last + 1 - first);
+		memset(row, 0, (size_t)first * sizeof *row);
+		memset(row + last + 1, 0, (size_t)(nk - last - 1) * sizeof *row);
 	}
+	lora_gemm(false, false, M, HS, nk, 1.0f, S, nk, vb + kh * HS, KD, 0.0f, qg, HS);
+	for (int g = 0; g < grp; g++)
+		for (int i = 0; i < len; i++)
+			memcpy(a + (size_t)i * QD + (kh * grp + g) * HS, qg + ((size_t)g * len + i) * HS,
+			       (size_t)HS * sizeof(float));
+}
+
+/* One layer's attention work, split into (segment, kv head) units that run
+ * in parallel (lora_parallel_for), each worker with its own scratch. */
+struct attn_job {
+	const struct llama *p;
+	const struct seg *segs;
+	struct acts *A;
+	struct cache *cache;
+	int l;
+};
+
+static void attn_unit(void *ctx, int u, int worker)
+{
+	struct attn_job *j = ctx;
+	const struct llama *p = j->p;
+	const struct seg *sg = &j->segs[u / p->NKV];
+	int QD = p->NH * p->HS, KD = p->NKV * p->HS;
+	const float *kb = j->A->k + (size_t)sg->off * KD, *vb = j->A->v + (size_t)sg->off * KD;
+	if (j->cache) {
+		kb = j->cache->k[j->l];
+		vb = j->cache->v[j->l];
+	}
+	attend(p, j->A->q + (size_t)sg->off * QD, kb, vb, j->A->a + (size_t)sg->off * QD, sg->len,
+	       j->cache ? sg->pos0 : 0, u % p->NKV, j->A->s + (size_t)worker * j->A->s_stride,
+	       j->A->qg + (size_t)worker * j->A->qg_stride);
 }
 
 static void lin(struct lora_model *m, const struct layer *ly, int j, float *y, const float *x,
@@ -411,20 +439,16 @@ static void forward(struct lora_model *m, const struct llama *p, const int32_t *
 		lin(m, ly, WV, A->v, A->h, T, C, KD, A->lr);
 		rope(p, A->q, p->NH, segs, nseg, cs, pmin);
 		rope(p, A->k, p->NKV, segs, nseg, cs, pmin);
-		for (int s = 0; s < nseg; s++) {
-			const struct seg *sg = &segs[s];
-			const float *kb = A->k + (size_t)sg->off * KD, *vb = A->v + (size_t)sg->off * KD;
-			if (cache) {
-				memcpy(cache->k[l] + (size_t)sg->pos0 * KD, kb,
+		if (cache)
+			for (int s = 0; s < nseg; s++) {
+				const struct seg *sg = &segs[s];
+				memcpy(cache->k[l] + (size_t)sg->pos0 * KD, A->k + (size_t)sg->off * KD,
 				       (size_t)sg->len * KD * sizeof(float));
-				memcpy(cache->v[l] + (size_t)sg->pos0 * KD, vb,
+				memcpy(cache->v[l] + (size_t)sg->pos0 * KD, A->v + (size_t)sg->off * KD,
 				       (size_t)sg->len * KD * sizeof(float));
-				kb = cache->k[l];
-				vb = cache->v[l];
 			}
-			attend(p, A->q + (size_t)sg->off * QD, kb, vb, A->a + (size_t)sg->off * QD,
-			       sg->len, cache ? sg->pos0 : 0, A->s, A->qg);
-		}
+		struct attn_job job = {p, segs, A, cache, l};
+		lora_parallel_for(nseg * p->NKV, attn_unit, &job);
 		lin(m, ly, WO, A->h, A->a, T, QD, C, A->lr);
 		for (size_t i = 0; i < (size_t)T * C; i++)
 			A->x[i] += A->h[i];

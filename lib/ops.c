@@ -3,8 +3,11 @@
  *
  * Matrix products: lora_gemm is the only caller of cblas_sgemm; every other
  * product (Linear layers, LoRA factors, attention) goes through it, so the
- * threading model is OpenBLAS's own (pthreads, OPENBLAS_NUM_THREADS) and no
- * second thread pool competes with it for the cores. The remaining kernels
+ * threading model is OpenBLAS's own (pthreads, OPENBLAS_NUM_THREADS). The one
+ * exception, lora_parallel_for, never runs beside it: it sets OpenBLAS to one
+ * thread while its own workers (as many as OpenBLAS had) run many small
+ * independent products, the attention heads, which OpenBLAS would otherwise
+ * split and synchronize one tiny call at a time. The remaining kernels
  * are O(T*C), or O(T^2) per head, and are written with GCC/Clang vector
  * extensions (8 floats: AVX2 under -march=x86-64-v3) so that they vectorize
  * at -O2 without -ffast-math: exp is a Cephes-style polynomial (about 2 ulp),
@@ -15,6 +18,8 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 /* Builds without -mavx (the fuzz build) pass these vectors in memory between
@@ -120,6 +125,70 @@ static inline v8f v_exp(v8f x)
 			memcpy((x) + i_, tmp_, ((n) - i_) * sizeof(float)); \
 		}                                                 \
 	} while (0)
+
+/* ---- parallel loop over independent items (see ops.h) ---- */
+
+struct par {
+	void (*fn)(void *ctx, int i, int worker);
+	void *ctx;
+	int n;
+	atomic_int next;
+};
+
+struct par_worker {
+	struct par *p;
+	int id;
+};
+
+static void par_run(struct par *p, int id)
+{
+	int i;
+	while ((i = atomic_fetch_add(&p->next, 1)) < p->n)
+		p->fn(p->ctx, i, id);
+}
+
+static void *par_thread(void *arg)
+{
+	struct par_worker *w = arg;
+	par_run(w->p, w->id);
+	return NULL;
+}
+
+#define PAR_MAX 64
+
+int lora_parallel_workers(void)
+{
+	int n = openblas_get_num_threads();
+	return n < 1 ? 1 : n > PAR_MAX ? PAR_MAX : n;
+}
+
+void lora_parallel_for(int n, void (*fn)(void *ctx, int i, int worker), void *ctx)
+{
+	int nw = lora_parallel_workers();
+	if (nw > n)
+		nw = n;
+	if (nw <= 1) {
+		for (int i = 0; i < n; i++)
+			fn(ctx, i, 0);
+		return;
+	}
+	int saved = openblas_get_num_threads();
+	openblas_set_num_threads(1);
+	struct par p = {fn, ctx, n, 0};
+	struct par_worker w[PAR_MAX];
+	pthread_t th[PAR_MAX];
+	int started = 0;
+	for (int k = 1; k < nw; k++) {
+		w[k] = (struct par_worker){&p, k};
+		if (pthread_create(&th[k], NULL, par_thread, &w[k]) != 0)
+			break;	/* fewer workers: the loop still covers every i */
+		started = k;
+	}
+	par_run(&p, 0);
+	for (int k = 1; k <= started; k++)
+		pthread_join(th[k], NULL);
+	openblas_set_num_threads(saved);
+}
 
 void lora_exp(float *x, size_t n)
 {

@@ -29,6 +29,16 @@ void lora_matmul_naive(float *out, const float *x, const float *w, int M, int K,
  * floats. lora_matmul and every attention product go through it. */
 void lora_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *a, int lda,
 	       const float *b, int ldb, float beta, float *c, int ldc);
+/* Run fn(ctx, i, worker) for every i in [0, n) on up to
+ * lora_parallel_workers() threads (the caller is worker 0). Meanwhile
+ * OpenBLAS is set to one thread, so the products inside fn run in the worker
+ * that calls them instead of waking OpenBLAS's pool; it is restored after.
+ * For many small independent products (attention heads) that otherwise pay
+ * OpenBLAS's per-call thread synchronization. fn must not touch shared
+ * outputs other than its own rows/columns. lora_parallel_workers() is the
+ * worker count (OpenBLAS's thread count); call it outside the loop. */
+int lora_parallel_workers(void);
+void lora_parallel_for(int n, void (*fn)(void *ctx, int i, int worker), void *ctx);
 /* exp over n floats, in place (vectorized; within 2 ulp of expf). */
 void lora_exp(float *x, size_t n);
 

@@ -11,6 +11,11 @@
  * as the worst value (CMA-ES ranks them last; NLopt methods see the worst
  * finite value seen so far, or 1e10 before any).
  *
+ * CMA-ES evaluates x0 first (free information at tiny budgets) and, when the
+ * budget ends inside a generation, spends that generation's first remaining
+ * evaluation on the distribution's mean (pycma's eval_final_mean idea);
+ * NLopt's methods evaluate x0 first by themselves.
+ *
  * Determinism: the sequence of candidates is a function of the parameters
  * and the f values returned, so replaying recorded f values reproduces a
  * run exactly (lora-cmaes --resume).

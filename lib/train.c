@@ -981,11 +981,11 @@ int lora_train_new_from_model(struct lora_model *m, const struct lora_train_para
 		return r;
 	if (c->NH <= 0)
 		return lora_errf(err, LORA_EINVAL, "config.json: num_attention_heads is 0");
-	if ((r = cfg_int(cfgd, "head_dim", c->C / c->NH, false, &c->HS, err)))
-		return r;
 	const struct lora_doc *hd = lora_doc_get(cfgd, "head_dim");
-	if (hd && hd->type == LORA_DOC_NULL)
-		c->HS = c->C / c->NH;
+	c->HS = c->C / c->NH;
+	if (hd && hd->type != LORA_DOC_NULL &&
+	    (r = cfg_int(cfgd, "head_dim", c->C / c->NH, false, &c->HS, err)))
+		return r;
 	double eps, theta;
 	if ((r = cfg_double(cfgd, "rms_norm_eps", 1e-6, &eps, err)) ||
 	    (r = cfg_double(cfgd, "rope_theta", 10000.0, &theta, err)))

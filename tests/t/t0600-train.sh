@@ -40,7 +40,7 @@ if command -v script > /dev/null; then
 fi
 
 test_expect_success 'the first loss is lora-eval base loss; training lowers it' '
-	lora-train -m "$M" -d "$D" -r 4 --lr 1e-2 --steps 24 --seed 3 > tom.lora 2> log &&
+	lora-train -m "$M" -d "$D" -r 4 --lr 1e-2 --steps 12 --seed 3 > tom.lora 2> log &&
 	lora-pack -t tom.lora > t && test_grep "name-Tom .*adapter .* 10 *4 *8 *f32" t &&
 	lora-eval -q -m "$M" -d "$D" < /dev/null > base.score &&
 	lora-eval -q -m "$M" -d "$D" < tom.lora > tom.score &&
@@ -49,7 +49,7 @@ test_expect_success 'the first loss is lora-eval base loss; training lowers it' 
 	last=$(sed -n "s/.*loss [0-9.]* -> \([0-9.]*\) .*/\1/p" log) &&
 	echo "base $b first $first trained $a last $last" &&
 	awk -v b="$b" -v f="$first" -v a="$a" -v l="$last" "BEGIN {
-		exit !((f - b) ^ 2 < 1e-8 && (a - l) ^ 2 < 1e-8 && a < 0.5 * b) }"
+		exit !((f - b) ^ 2 < 1e-8 && (a - l) ^ 2 < 1e-8 && a < 0.7 * b) }"
 '
 
 test_expect_success 'the same seed gives the same bytes, another seed others' '
@@ -95,7 +95,7 @@ fi
 if need_shared golden/models/llama-tiny; then
 	test_expect_success 'llama-tiny (untied head, GQA): every target, loss falls' '
 		L=$LORA_SHARED/golden/models/llama-tiny &&
-		lora-train -m "$L" -d "$D" -t all -r 2 --lr 1e-2 --steps 20 -b 16 > l.lora 2> log &&
+		lora-train -m "$L" -d "$D" -t all -r 2 --lr 1e-2 --steps 8 -b 16 > l.lora 2> log &&
 		lora-pack -t l.lora > t && test_grep " 14 *2 *4 " t &&
 		lora-eval -q -m "$L" -d "$D" < /dev/null > b.score &&
 		lora-eval -q -m "$L" -d "$D" < l.lora > a.score &&

@@ -3,7 +3,7 @@
  * sgemm wrapper (both weight layouts, strides, alpha/beta) vs the naive
  * product, lora_linear with bias and two deltas vs the dense W + s·B·A, the
  * vectorized exp over the whole f32 range, softmax (with -inf masks), RMSNorm,
- * LayerNorm, nll_row, gelu_tanh, silu, relu and argmax.
+ * LayerNorm, nll_row, gelu_tanh, silu, relu and argmax, and the parallel loop.
  */
 #include "check.h"
 #include "ops.h"
@@ -212,8 +212,44 @@ static void test_norms_acts(void)
 	free(x), free(w), free(b), free(y), free(ref);
 }
 
+struct par_ctx {
+	int hits[1000];
+	int bad_worker, workers;
+	const float *x, *w;
+	float *out;	/* [1000, 4] */
+};
+
+static void par_fn(void *vctx, int i, int worker)
+{
+	struct par_ctx *c = vctx;
+	c->hits[i]++;	/* each i belongs to one call: no race */
+	if (worker < 0 || worker >= c->workers)
+		c->bad_worker = 1;
+	lora_matmul(c->out + (size_t)i * 4, c->x + (size_t)i * 8, c->w, 1, 8, 4, true, 1.0f, 0.0f);
+}
+
+static void test_parallel(void)
+{
+	static struct par_ctx c;
+	float *x = rand_vec(1000 * 8, 1), *w = rand_vec(4 * 8, 1);
+	float *ref = malloc(1000 * 4 * sizeof *ref);
+	c.x = x, c.w = w, c.out = malloc(1000 * 4 * sizeof *c.out);
+	int before = lora_parallel_workers();
+	c.workers = before;
+	lora_parallel_for(1000, par_fn, &c);
+	int once = 1;
+	for (int i = 0; i < 1000; i++)
+		once &= c.hits[i] == 1;
+	check(once && !c.bad_worker, "parallel_for: each of 1000 items once, %d workers", before);
+	check(lora_parallel_workers() == before, "parallel_for restores OpenBLAS's thread count");
+	lora_matmul_naive(ref, x, w, 1000, 8, 4, true, 1.0f, 0.0f);
+	check_close_f32(c.out, ref, 4000, 1e-5, 1e-5, "products inside parallel_for");
+	free(x), free(w), free(ref), free(c.out);
+}
+
 int main(void)
 {
+	test_parallel();
 	test_matmul();
 	test_linear();
 	test_exp();
