@@ -650,6 +650,27 @@ static size_t json_rewrite(const char *buf, size_t len, char *o)
 				i += u0 == 0xC2 ? 2 : 3;
 				continue;
 			}
+			/* raw characters JSON allows in strings but YAML calls
+			 * non-printable (DEL, C1 controls, U+FFFE/U+FFFF): escape */
+			if (u0 == 0x7F || (u0 == 0xC2 && i + 1 < len &&
+					   (unsigned char)buf[i + 1] >= 0x80 &&
+					   (unsigned char)buf[i + 1] <= 0x9F)) {
+				if (!o)
+					return 1;
+				unsigned cp = u0 == 0x7F ? 0x7F : (unsigned char)buf[i + 1];
+				k += (size_t)sprintf(o + k, "\\x%02X", cp);
+				i += u0 == 0x7F ? 1 : 2;
+				continue;
+			}
+			if (u0 == 0xEF && i + 2 < len && (unsigned char)buf[i + 1] == 0xBF &&
+			    ((unsigned char)buf[i + 2] == 0xBE || (unsigned char)buf[i + 2] == 0xBF)) {
+				if (!o)
+					return 1;
+				k += (size_t)sprintf(o + k, "\\u%s",
+						     (unsigned char)buf[i + 2] == 0xBE ? "FFFE" : "FFFF");
+				i += 3;
+				continue;
+			}
 			if (buf[i] != '\\' || i + 1 >= len) {
 				EMIT(buf[i]);
 				i++;
@@ -723,9 +744,10 @@ static int json_fixup(const char *buf, size_t len, char **out, size_t *outlen)
 		return 0;
 	if (!json_rewrite(buf, len, NULL))
 		return 0;
-	if (len > (SIZE_MAX - 16) / 2)
+	/* worst growth: a raw DEL (1 byte) becomes "\x7F" (4 bytes) */
+	if (len > (SIZE_MAX - 16) / 4)
 		return LORA_ENOMEM;
-	char *o = malloc(2 * len + 16);
+	char *o = malloc(4 * len + 16);
 	if (!o)
 		return LORA_ENOMEM;
 	*outlen = json_rewrite(buf, len, o);

@@ -230,7 +230,8 @@ static int run_generate(struct lora_eval *e, struct lora_score *s, struct lora_e
 		size_t n = 0;
 		rc = lora_model_generate(e->m, e->seqs[k].input, e->seqs[k].n_input, max_new, ids, &n, err);
 		if (rc == 0)
-			rc = lora_tok_decode(tok, ids, n, true, &s->predictions[k], err);
+			rc = lora_tok_decode_ex(tok, ids, n, lora_model_decode_flags(e->m),
+						&s->predictions[k], NULL, err);
 		if (rc < 0) {
 			lora_err_prefix(err, rc, "example %zu: ", k + 1);
 			break;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 struct linear {
@@ -46,6 +47,7 @@ struct lora_model {
 	struct lora_st **shards;
 	size_t n_shards;
 	struct lora_tok *tok;
+	unsigned decode_flags;
 	struct converted *conv;
 	size_t n_conv, cap_conv;
 	struct linear *lins;
@@ -59,6 +61,33 @@ struct lora_model {
 struct lora_model_core *lora_model_core(struct lora_model *m)
 {
 	return &m->core;
+}
+
+unsigned lora_model_decode_flags(const struct lora_model *m)
+{
+	return m->decode_flags;
+}
+
+/* Hugging Face's decode(skip_special_tokens=True) on top of tokenizer.json:
+ * transformers applies clean_up_tokenization_spaces from tokenizer_config.json
+ * (default true), the SentencePiece tokenizers turn each invalid byte into
+ * U+FFFD, and T5's strips the ends. A missing or unreadable config keeps
+ * transformers' default. */
+static unsigned decode_flags_of(const char *dir, const char *model_type)
+{
+	unsigned flags = LORA_TOK_SKIP_SPECIAL | LORA_TOK_SLOW_BYTES;
+	bool cleanup = true;
+	char path[4096];
+	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+	struct lora_doc *cfg = NULL;
+	if (access(path, R_OK) == 0 && lora_doc_parse_file(path, &cfg, NULL) == 0)
+		lora_doc_get_bool(cfg, "clean_up_tokenization_spaces", path, &cleanup, NULL);
+	lora_doc_free(cfg);
+	if (cleanup)
+		flags |= LORA_TOK_CLEANUP;
+	if (!strcmp(model_type, "t5"))
+		flags |= LORA_TOK_STRIP;
+	return flags;
 }
 
 const struct lora_model_info *lora_model_info(const struct lora_model *m)
@@ -484,6 +513,7 @@ int lora_model_open(const char *dir, struct lora_model **out, struct lora_err *e
 		lora_err_prefix(err, rc, "%s: tokenizer: ", dir);
 		goto fail;
 	}
+	m->decode_flags = decode_flags_of(dir, info->model_type);
 	if ((rc = open_weights(m, err)) < 0)
 		goto fail;
 	for (size_t s = 0; s < m->n_shards; s++)

@@ -39,6 +39,12 @@ const struct lora_model_info *lora_model_info(const struct lora_model *m);
 /* The model's tokenizer; valid until lora_model_close. */
 const struct lora_tok *lora_model_tok(const struct lora_model *m);
 
+/* Flags for lora_tok_decode_ex that make it decode as Hugging Face's
+ * tokenizer.decode(ids, skip_special_tokens=True) does for this directory
+ * (tokenizer_config.json's clean_up_tokenization_spaces, SentencePiece byte
+ * handling, T5's stripping). */
+unsigned lora_model_decode_flags(const struct lora_model *m);
+
 /* Attach an adapter (NULL detaches). Every module must name a Linear weight
  * of this model with the adapter's [out, in]; the first mismatch is reported
  * with both shapes. The model keeps its own f32 copy of the factors. */

@@ -67,7 +67,7 @@ for m in llama-tiny t5-tiny; do
 	'
 done
 
-for m in stories260K gpt2-tiny t5-tiny; do
+for m in stories260K llama-tiny gpt2-tiny t5-tiny t5-tiny-v1; do
 	test_expect_success "$m: --generate reproduces the greedy texts" '
 		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" -g --max-new-tokens 8 \
 			--predictions p.jsonl </dev/null | $LIB dump >d &&

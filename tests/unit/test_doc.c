@@ -424,8 +424,31 @@ static void test_big(void)
 	lora_doc_free(d);
 }
 
+/* JSON allows any character but '"', '\\' and C0 controls raw inside a
+ * string; YAML calls DEL, C1 controls and U+FFFE/U+FFFF non-printable. Real
+ * files have them (golden/eval/llama-tiny/base.json holds a raw DEL). */
+static void test_raw_nonprintable(void)
+{
+	static const char json[] = "{\"a\": \"x\x7fy\", \"b\": \"\xc2\x80\xc2\x9f\", "
+				   "\"c\": \"\xef\xbf\xbf\", \"d\": \"\x7f\x7f\x7f\x7f\"}";
+	struct lora_doc *d = NULL;
+	struct lora_err perr = { 0 };
+	int rc = lora_doc_parse_buffer(json, sizeof json - 1, "raw.json", 1, &d, &perr);
+	check(rc == 0, "raw DEL, C1 controls and U+FFFF in JSON strings parse (%s)",
+	      rc ? perr.msg : "ok");
+	const struct lora_doc *a = lora_doc_get(d, "a"), *b = lora_doc_get(d, "b"),
+			      *c = lora_doc_get(d, "c"), *e = lora_doc_get(d, "d");
+	check(a && a->u.str.len == 3 && !memcmp(a->u.str.s, "x\x7fy", 3), "raw DEL kept as is");
+	check(b && b->u.str.len == 4 && !memcmp(b->u.str.s, "\xc2\x80\xc2\x9f", 4),
+	      "raw C1 controls kept as is");
+	check(c && c->u.str.len == 3 && !memcmp(c->u.str.s, "\xef\xbf\xbf", 3), "raw U+FFFF kept");
+	check(e && e->u.str.len == 4, "a run of DELs (the worst growth of the rewrite)");
+	lora_doc_free(d);
+}
+
 int main(void)
 {
+	test_raw_nonprintable();
 	test_json_types();
 	test_yaml_types();
 	test_errors();
