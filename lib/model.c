@@ -5,7 +5,8 @@
  * Layout read: DIR/config.json (model_type dispatches to an architecture),
  * DIR/model.safetensors or the shards named by
  * DIR/model.safetensors.index.json ("weight_map": tensor -> file), and the
- * tokenizer through lib/tok (DIR/tokenizer.json). Weights stay in the
+ * tokenizer through lib/tok (DIR/tokenizer.json, else DIR/spiece.model or
+ * DIR/tokenizer.model). Weights stay in the
  * read-only mmap when they are f32 and 4-byte aligned; f16/bf16 (or
  * misaligned) tensors are converted once to f32 memory the model owns
  * (info.converted_bytes says how much).

@@ -28,7 +28,9 @@
  * processing, Sequence; decoders ByteLevel, Metaspace, ByteFallback, Fuse,
  * Strip, Replace, Sequence.
  * Limits: one sequence (no pairs), no truncation or padding (the file's
- * settings for those are ignored), no offsets, no SentencePiece .model files.
+ * settings for those are ignored), no offsets. A directory with only a
+ * SentencePiece model (spiece.model, tokenizer.model) is loaded through
+ * tok_spm.c, which builds the tree transformers' converters would write.
  * Anything else is refused with a message naming the type (WordPiece and
  * WordLevel models, BertNormalizer, CTC/WordPiece decoders, ...).
  */
@@ -1092,7 +1094,7 @@ static char *read_path(const char *path)
 	return p;
 }
 
-static int tok_build(struct lora_tok *t, const struct lora_doc *root, struct lora_err *err)
+int tk_build(struct lora_tok *t, const struct lora_doc *root, struct lora_err *err)
 {
 	int rc;
 	const char *name = t->name;
@@ -1207,30 +1209,59 @@ int lora_tok_open(const char *path, struct lora_tok **out, struct lora_err *err)
 		return lora_errf(err, LORA_ENOMEM, "out of memory");
 	}
 	struct stat st;
-	if (stat(t->name, &st) != 0) {
-		/* a directory with only a SentencePiece model: say why it fails */
-		char sp[4200];
-		bool has_sp = false;
-		for (int k = 0; k < 2 && !has_sp; k++) {
-			snprintf(sp, sizeof sp, "%s/%s", path,
-				 k ? "tokenizer.model" : "spiece.model");
-			has_sp = stat(sp, &st) == 0;
+	size_t plen = strlen(path);
+	bool is_model = plen > 6 && !strcmp(path + plen - 6, ".model") && stat(path, &st) == 0 &&
+			S_ISREG(st.st_mode);
+	if (is_model || stat(t->name, &st) != 0) {
+		/* a SentencePiece model: the file itself, or a directory without
+		 * tokenizer.json (which wins when both exist, as in transformers) */
+		char *sp = malloc(plen + 20), *dir = NULL;
+		bool has_sp = false, spiece = false;
+		if (!sp) {
+			lora_tok_close(t);
+			return lora_errf(err, LORA_ENOMEM, "out of memory");
 		}
-		if (has_sp)
-			rc = lora_errf(
-				err, LORA_EUNSUPPORTED,
-				"cannot open '%s': no such file, and SentencePiece models ('%s') "
-				"are not supported; convert it to tokenizer.json",
-				t->name, sp);
-		else
+		if (is_model) {
+			memcpy(sp, path, plen + 1);
+			const char *slash = strrchr(sp, '/');
+			spiece = !strcmp(slash ? slash + 1 : sp, "spiece.model");
+			dir = slash ? strndup(sp, (size_t)(slash - sp)) : strdup(".");
+			has_sp = dir != NULL;
+		} else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+			for (int k = 0; k < 2 && !has_sp; k++) {
+				snprintf(sp, plen + 20, "%s%s%s", path,
+					 plen && path[plen - 1] == '/' ? "" : "/",
+					 k ? "tokenizer.model" : "spiece.model");
+				has_sp = stat(sp, &st) == 0;
+				spiece = !k;
+			}
+			dir = has_sp ? strdup(path) : NULL;
+			has_sp = has_sp && dir;
+		}
+		if (has_sp) {
+			free(t->name);
+			t->name = sp;
+			rc = tk_spm_load(t, dir, spiece, err);
+			if (rc == LORA_ENOMEM && (!err || !err->msg[0] || err->code != LORA_ENOMEM))
+				rc = lora_errf(err, LORA_ENOMEM, "%s: out of memory", t->name);
+		} else {
+			free(sp);
 			rc = lora_errf(err, LORA_ENOTFOUND,
-				       "cannot open '%s': no such tokenizer file", t->name);
-		lora_tok_close(t);
-		return rc;
+				       "cannot open '%s': no such tokenizer file (nor a "
+				       "SentencePiece spiece.model or tokenizer.model)",
+				       t->name);
+		}
+		free(dir);
+		if (rc) {
+			lora_tok_close(t);
+			return rc;
+		}
+		*out = t;
+		return 0;
 	}
 	rc = lora_doc_parse_file(t->name, &root, err);
 	if (!rc) {
-		rc = tok_build(t, root, err);
+		rc = tk_build(t, root, err);
 		if (rc == LORA_ENOMEM && (!err || !err->msg[0] || err->code != LORA_ENOMEM))
 			rc = lora_errf(err, LORA_ENOMEM, "%s: out of memory", t->name);
 	}

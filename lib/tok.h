@@ -17,7 +17,12 @@
 
 struct lora_tok;
 
-/* Load dir/tokenizer.json (path may also be the file itself). */
+/* Load dir/tokenizer.json (path may also be the file itself). A directory
+ * without tokenizer.json but with a SentencePiece spiece.model or
+ * tokenizer.model (or path naming such a .model file) is loaded as
+ * transformers' converters would turn it into tokenizer.json (lib/tok_spm.c;
+ * dir/tokenizer_config.json is read for add_bos_token, add_eos_token,
+ * extra_ids and added_tokens_decoder). */
 int lora_tok_open(const char *path, struct lora_tok **out, struct lora_err *err);
 void lora_tok_close(struct lora_tok *t);
 

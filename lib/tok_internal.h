@@ -269,6 +269,12 @@ int tk_unigram_load(struct lora_tok *t, const struct lora_doc *m, struct lora_er
 int tk_unigram_encode(const struct lora_tok *t, const char *s, size_t len, struct tk_ids *out,
 		      struct lora_err *err);
 
+/* Build t (t->name set) from a tokenizer.json tree (tok.c). */
+int tk_build(struct lora_tok *t, const struct lora_doc *root, struct lora_err *err);
+/* Load the SentencePiece model file t->name, with dir's tokenizer_config.json
+ * if any (dir may be NULL); spiece: the file is named spiece.model (tok_spm.c). */
+int tk_spm_load(struct lora_tok *t, const char *dir, bool spiece, struct lora_err *err);
+
 /* Helpers for loaders: string member or NULL; error message with the file. */
 const char *tk_get_str(const struct lora_doc *d, const char *key);
 

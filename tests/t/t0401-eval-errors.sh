@@ -46,7 +46,7 @@ test_expect_success 'an unknown model_type is refused by name' '
 '
 
 test_expect_success 'a missing tokenizer' '
-	cp -r "$M" m && rm m/tokenizer.json &&
+	cp -r "$M" m && rm m/tokenizer.json m/tokenizer.model &&
 	test_exit 1 lora-eval -m m -d "$EX" </dev/null >/dev/null 2>err &&
 	test_grep "tokenizer" err
 '
