@@ -12,11 +12,11 @@
  * scale_attn_weights, scale_attn_by_inverse_layer_idx, n_inner. Checkpoints
  * with or without the "transformer." prefix load alike. Sequences longer than
  * n_positions are refused (learned positions end there); generation stops at
- * that length.
+ * that length. Batching, the head and generation are decoder.c's.
  * Dimension vocabulary: T tokens, C n_embd, NH heads, HS head size, F inner
  * width, V vocabulary (ops.h).
  */
-#include "arch.h"
+#include "decoder.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +34,7 @@ struct layer {
 };
 
 struct gpt2 {
+	struct lora_decoder dec;	/* first: the driver's view (decoder.h) */
 	int C, NH, HS, F, L, V, NP;
 	float eps;
 	bool relu, scale_w, scale_inv;
@@ -43,9 +44,7 @@ struct gpt2 {
 	struct layer *layers;
 };
 
-struct seg {
-	int off, len, pos0;
-};
+static const struct lora_decoder_ops gpt2_ops;
 
 static int cfg_int(const struct lora_doc *cfg, const char *key, int64_t def, int64_t *out,
 		   struct lora_err *err)
@@ -126,11 +125,14 @@ static int gpt2_load(struct lora_model *m, struct lora_err *err)
 	core->info.vocab = p->V;
 	core->info.max_positions = p->NP;
 	core->info.decoder_start = -1;
+	p->dec = (struct lora_decoder){.ops = &gpt2_ops, .L = p->L, .C = p->C, .V = p->V,
+				       .n_lin = p->L * NLIN, .kv_dim = p->C, .max_pos = p->NP};
 
 	const char *pre = lora_model_has_weight(m, "transformer.wte.weight") ? "transformer." : "";
 	if (!(p->wte = wt(m, pre, "wte.weight", V, C, err)) || !(p->wpe = wt(m, pre, "wpe.weight", NP, C, err)) ||
 	    !(p->lnf_w = wt(m, pre, "ln_f.weight", C, 0, err)) || !(p->lnf_b = wt(m, pre, "ln_f.bias", C, 0, err)))
 		return err ? err->code : LORA_EINVAL;
+	p->dec.head = p->wte;	/* tied */
 	if (!(p->layers = calloc((size_t)L, sizeof *p->layers)))
 		return lora_errf(err, LORA_ENOMEM, "out of memory");
 	const int64_t shape[NLIN][2] = {{C, 3 * C}, {C, C}, {C, F}, {F, C}};	/* [in, out] */
@@ -174,33 +176,28 @@ struct acts {
 	float *s;	/* per worker: [maxlen, maxkeys] scores */
 	size_t s_stride;
 	float *lr;	/* [T, maxR] */
-	float *mem;
 };
 
-static int max_rank(const struct lora_model *m, const struct gpt2 *p)
+static const char *lin_name(const struct lora_decoder *d, int i)
 {
-	int r = 1;
-	for (int l = 0; l < p->L; l++)
-		for (int j = 0; j < NLIN; j++) {
-			int n;
-			const struct lora_delta *d = lora_model_deltas(m, p->layers[l].name[j], &n);
-			for (int i = 0; i < n; i++)
-				r = d[i].r > r ? d[i].r : r;
-		}
-	return r;
+	return ((const struct gpt2 *)d)->layers[i / NLIN].name[i % NLIN];
 }
 
-static int acts_alloc(struct acts *A, const struct gpt2 *p, int R, int T, int maxlen, int maxkeys,
+static void *acts_new(const struct lora_decoder *d, int R, int T, int maxlen, int maxkeys,
 		      struct lora_err *err)
 {
-	size_t per_t = 6 * (size_t)p->C + (size_t)p->F + (size_t)R, n, sn;
+	const struct gpt2 *p = (const struct gpt2 *)d;
+	size_t per_t = 6 * (size_t)p->C + (size_t)p->F + (size_t)R, n, sn, s_stride;
 	if (lora_size_mul(per_t, (size_t)T, &n) < 0 ||
-	    lora_size_mul((size_t)maxlen, (size_t)maxkeys, &A->s_stride) < 0 ||
-	    lora_size_mul(A->s_stride, (size_t)lora_parallel_workers(), &sn) < 0 ||
-	    lora_size_add(n, sn, &n) < 0 ||
-	    lora_size_mul(n, sizeof(float), &n) < 0 || !(A->mem = malloc(n)))
-		return lora_errf(err, LORA_ENOMEM, "out of memory for activations of %d tokens", T);
-	float *f = A->mem;
+	    lora_size_mul((size_t)maxlen, (size_t)maxkeys, &s_stride) < 0 ||
+	    lora_size_mul(s_stride, (size_t)lora_parallel_workers(), &sn) < 0 ||
+	    lora_size_add(n, sn, &n) < 0)
+		n = SIZE_MAX;
+	float *f;
+	struct acts *A = lora_decoder_acts(sizeof *A, n, &f, T, err);
+	if (!A)
+		return NULL;
+	A->s_stride = s_stride;
 	A->x = f, f += (size_t)T * p->C;
 	A->h = f, f += (size_t)T * p->C;
 	A->qkv = f, f += (size_t)T * 3 * p->C;
@@ -208,14 +205,14 @@ static int acts_alloc(struct acts *A, const struct gpt2 *p, int R, int T, int ma
 	A->f = f, f += (size_t)T * p->F;
 	A->lr = f, f += (size_t)T * R;
 	A->s = f;
-	return 0;
+	return A;
 }
 
 /* One layer's attention, split into (segment, head) units run in parallel
  * (lora_parallel_for), each worker with its own score scratch. */
 struct attn_job {
 	const struct gpt2 *p;
-	const struct seg *segs;
+	const struct lora_decoder_seg *segs;
 	struct acts *A;
 	float *kc, *vc;		/* this layer's KV cache, or NULL */
 	int l;
@@ -225,7 +222,7 @@ static void attn_unit(void *ctx, int u, int worker)
 {
 	struct attn_job *j = ctx;
 	const struct gpt2 *p = j->p;
-	const struct seg *sg = &j->segs[u / p->NH];
+	const struct lora_decoder_seg *sg = &j->segs[u / p->NH];
 	int h = u % p->NH, C = p->C, HS = p->HS;
 	/* HF: attn_weights / sqrt(HS), then / (layer + 1) */
 	float d1 = p->scale_w ? sqrtf((float)HS) : 1.0f, d2 = p->scale_inv ? (float)(j->l + 1) : 1.0f;
@@ -257,10 +254,15 @@ static void lin(struct lora_model *m, const struct layer *ly, int j, float *y, c
 	lora_linear(y, x, ly->w[j], false, ly->b[j], d, nd, T, in, out, scratch);
 }
 
-/* kc/vc: the KV cache of layer l ([cap, C] each) or NULL. */
-static void forward(struct lora_model *m, const struct gpt2 *p, const int32_t *ids, int T,
-		    const struct seg *segs, int nseg, float **kc, float **vc, struct acts *A)
+/* The blocks over T packed tokens (decoder.h); the cache holds per layer
+ * K and V [cap, C]. */
+static const float *forward(struct lora_model *m, const struct lora_decoder *d, const int32_t *ids,
+			    int T, const struct lora_decoder_seg *segs, int nseg,
+			    struct lora_decoder_cache *cache, void *acts)
 {
+	const struct gpt2 *p = (const struct gpt2 *)d;
+	struct acts *A = acts;
+	float **kc = cache ? cache->k : NULL, **vc = cache ? cache->v : NULL;
 	int C = p->C;
 	for (int s = 0; s < nseg; s++)
 		for (int i = 0; i < segs[s].len; i++) {
@@ -276,7 +278,7 @@ static void forward(struct lora_model *m, const struct gpt2 *p, const int32_t *i
 		lin(m, ly, ATTN, A->qkv, A->h, T, C, 3 * C, A->lr);
 		if (kc)
 			for (int s = 0; s < nseg; s++) {
-				const struct seg *sg = &segs[s];
+				const struct lora_decoder_seg *sg = &segs[s];
 				const float *q = A->qkv + (size_t)sg->off * 3 * C;
 				for (int i = 0; i < sg->len; i++) {
 					memcpy(kc[l] + (size_t)(sg->pos0 + i) * C, q + (size_t)i * 3 * C + C,
@@ -300,44 +302,18 @@ static void forward(struct lora_model *m, const struct gpt2 *p, const int32_t *i
 		for (size_t i = 0; i < (size_t)T * C; i++)
 			A->x[i] += A->h[i];
 	}
+	return A->x;
 }
 
-/* ln_f of the listed rows, then the tied head; NLL per row when nll != NULL
- * (chunked so that no [T, V] buffer is needed), else logits [n, V]. */
-static int head_rows(const struct gpt2 *p, const float *x, const int *rows, int n,
-		     const int32_t *targets, float *nll, float *logits, struct lora_err *err)
+static void final_norm(const struct lora_decoder *d, float *y, const float *x)
 {
-	int C = p->C, V = p->V, chunk = n;
-	if (nll) {
-		chunk = (int)((size_t)(8u << 20) / (size_t)V);
-		chunk = chunk < 16 ? 16 : chunk;
-		chunk = chunk > n ? n : chunk;
-	}
-	float *h = malloc((size_t)chunk * C * sizeof *h);
-	float *lg = nll ? malloc((size_t)chunk * V * sizeof *lg) : NULL;
-	if (!h || (nll && !lg)) {
-		free(h);
-		free(lg);
-		return lora_errf(err, LORA_ENOMEM, "out of memory for logits");
-	}
-	for (int r0 = 0; r0 < n; r0 += chunk) {
-		int c = n - r0 < chunk ? n - r0 : chunk;
-		for (int i = 0; i < c; i++)
-			lora_layernorm(h + (size_t)i * C, x + (size_t)rows[r0 + i] * C, p->lnf_w, p->lnf_b,
-				       1, C, p->eps);
-		float *out = nll ? lg : logits + (size_t)r0 * V;
-		lora_matmul(out, h, p->wte, c, C, V, true, 1.0f, 0.0f);
-		if (nll)
-			for (int i = 0; i < c; i++)
-				nll[r0 + i] = lora_nll_row(lg + (size_t)i * V, V, targets[r0 + i]);
-	}
-	free(h);
-	free(lg);
-	return 0;
+	const struct gpt2 *p = (const struct gpt2 *)d;
+	lora_layernorm(y, x, p->lnf_w, p->lnf_b, 1, p->C, p->eps);
 }
 
-static int check_len(const struct gpt2 *p, size_t len, size_t k, struct lora_err *err)
+static int check_len(const struct lora_decoder *d, size_t len, size_t k, struct lora_err *err)
 {
+	const struct gpt2 *p = (const struct gpt2 *)d;
 	if (len > (size_t)p->NP)
 		return lora_errf(err, LORA_EINVAL,
 				 "sequence %zu has %zu tokens, more than the model's n_positions %d",
@@ -345,167 +321,19 @@ static int check_len(const struct gpt2 *p, size_t len, size_t k, struct lora_err
 	return 0;
 }
 
-static int gpt2_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, float *nll,
-		    struct lora_err *err)
-{
-	const struct gpt2 *p = lora_model_core(m)->arch_state;
-	size_t T = 0, NT = 0;
-	int maxlen = 1;
-	for (size_t k = 0; k < n; k++) {
-		if (seqs[k].n_input == 0 || seqs[k].n_target == 0)
-			return lora_errf(err, LORA_EINVAL,
-					 "sequence %zu: a decoder-only model needs at least one input "
-					 "and one target token", k + 1);
-		size_t len = seqs[k].n_input + seqs[k].n_target - 1;
-		int rc = check_len(p, len, k, err);
-		if (rc < 0)
-			return rc;
-		T += len;
-		NT += seqs[k].n_target;
-		maxlen = (int)len > maxlen ? (int)len : maxlen;
-	}
-	if (T == 0)
-		return 0;
-	if (T > INT32_MAX / 8)
-		return lora_errf(err, LORA_EINVAL, "batch of %zu tokens is too large", T);
-	int32_t *ids = malloc(T * sizeof *ids), *tg = malloc(NT * sizeof *tg);
-	int *rows = malloc(NT * sizeof *rows);
-	struct seg *segs = malloc(n * sizeof *segs);
-	struct acts A = {0};
-	int rc = 0;
-	if (!ids || !tg || !rows || !segs) {
-		rc = lora_errf(err, LORA_ENOMEM, "out of memory");
-		goto out;
-	}
-	size_t off = 0, r = 0;
-	for (size_t k = 0; k < n; k++) {
-		const struct lora_seq *s = &seqs[k];
-		size_t len = s->n_input + s->n_target - 1;
-		memcpy(ids + off, s->input, s->n_input * sizeof *ids);
-		memcpy(ids + off + s->n_input, s->target, (s->n_target - 1) * sizeof *ids);
-		segs[k] = (struct seg){(int)off, (int)len, 0};
-		for (size_t j = 0; j < s->n_target; j++) {
-			rows[r] = (int)(off + s->n_input - 1 + j);
-			tg[r++] = s->target[j];
-		}
-		off += len;
-	}
-	if ((rc = acts_alloc(&A, p, max_rank(m, p), (int)T, maxlen, maxlen, err)) < 0)
-		goto out;
-	forward(m, p, ids, (int)T, segs, (int)n, NULL, NULL, &A);
-	rc = head_rows(p, A.x, rows, (int)NT, tg, nll, NULL, err);
-out:
-	free(A.mem);
-	free(ids);
-	free(tg);
-	free(rows);
-	free(segs);
-	return rc;
-}
-
-static int gpt2_logits(struct lora_model *m, const struct lora_seq *seq, float **logits,
-		       size_t *nrows, struct lora_err *err)
-{
-	const struct gpt2 *p = lora_model_core(m)->arch_state;
-	*logits = NULL;
-	*nrows = 0;
-	size_t T = seq->n_input + seq->n_target;
-	int rc = check_len(p, T, 0, err);
-	if (rc < 0 || T == 0)
-		return rc;
-	int32_t *ids = malloc(T * sizeof *ids);
-	int *rows = malloc(T * sizeof *rows);
-	float *out = malloc(T * (size_t)p->V * sizeof *out);
-	struct acts A = {0};
-	if (!ids || !rows || !out) {
-		rc = lora_errf(err, LORA_ENOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(ids, seq->input, seq->n_input * sizeof *ids);
-	memcpy(ids + seq->n_input, seq->target, seq->n_target * sizeof *ids);
-	for (size_t i = 0; i < T; i++)
-		rows[i] = (int)i;
-	struct seg sg = {0, (int)T, 0};
-	if ((rc = acts_alloc(&A, p, max_rank(m, p), (int)T, (int)T, (int)T, err)) < 0)
-		goto out;
-	forward(m, p, ids, (int)T, &sg, 1, NULL, NULL, &A);
-	if ((rc = head_rows(p, A.x, rows, (int)T, NULL, NULL, out, err)) < 0)
-		goto out;
-	*logits = out;
-	*nrows = T;
-	out = NULL;
-out:
-	free(A.mem);
-	free(ids);
-	free(rows);
-	free(out);
-	return rc;
-}
-
-static int gpt2_generate(struct lora_model *m, const int32_t *input, size_t n_input,
-			 size_t max_new, int32_t *out, size_t *n_out, struct lora_err *err)
-{
-	const struct gpt2 *p = lora_model_core(m)->arch_state;
-	int eos = lora_model_core(m)->info.eos;
-	*n_out = 0;
-	if (n_input == 0)
-		return lora_errf(err, LORA_EINVAL, "generation needs at least one input token");
-	int rc = check_len(p, n_input, 0, err);
-	if (rc < 0)
-		return rc;
-	size_t cap = n_input + max_new;
-	if (cap > (size_t)p->NP)
-		cap = (size_t)p->NP;
-	int R = max_rank(m, p);
-	float **kc = calloc((size_t)p->L, sizeof *kc), **vc = calloc((size_t)p->L, sizeof *vc);
-	float *lg = malloc((size_t)p->V * sizeof *lg);
-	struct acts A = {0}, A1 = {0};
-	rc = (!kc || !vc || !lg) ? LORA_ENOMEM : 0;
-	for (int l = 0; rc == 0 && l < p->L; l++)
-		if (!(kc[l] = malloc(cap * p->C * sizeof(float))) || !(vc[l] = malloc(cap * p->C * sizeof(float))))
-			rc = LORA_ENOMEM;
-	if (rc < 0) {
-		rc = lora_errf(err, LORA_ENOMEM, "out of memory for a KV cache of %zu tokens", cap);
-		goto out;
-	}
-	if ((rc = acts_alloc(&A, p, R, (int)n_input, (int)n_input, (int)n_input, err)) < 0 ||
-	    (rc = acts_alloc(&A1, p, R, 1, 1, (int)cap, err)) < 0)
-		goto out;
-	struct seg sg = {0, (int)n_input, 0};
-	forward(m, p, input, (int)n_input, &sg, 1, kc, vc, &A);
-	int last = (int)n_input - 1;
-	if ((rc = head_rows(p, A.x, &last, 1, NULL, NULL, lg, err)) < 0)
-		goto out;
-	for (size_t k = 0; k < max_new; k++) {
-		int32_t tok = lora_argmax(lg, p->V);
-		out[(*n_out)++] = tok;
-		size_t pos = n_input + k;
-		if (tok == eos || k + 1 == max_new || pos >= cap)
-			break;
-		struct seg s1 = {0, 1, (int)pos};
-		forward(m, p, &tok, 1, &s1, 1, kc, vc, &A1);
-		int zero = 0;
-		if ((rc = head_rows(p, A1.x, &zero, 1, NULL, NULL, lg, err)) < 0)
-			goto out;
-	}
-out:
-	free(A.mem);
-	free(A1.mem);
-	for (int l = 0; l < p->L && kc && vc; l++) {
-		free(kc[l]);
-		free(vc[l]);
-	}
-	free(kc);
-	free(vc);
-	free(lg);
-	return rc;
-}
+static const struct lora_decoder_ops gpt2_ops = {
+	.check_len = check_len,
+	.lin_name = lin_name,
+	.acts_new = acts_new,
+	.forward = forward,
+	.final_norm = final_norm,
+};
 
 const struct lora_arch lora_arch_gpt2 = {
 	.name = "gpt2",
 	.load = gpt2_load,
 	.free = gpt2_free,
-	.nll = gpt2_nll,
-	.logits = gpt2_logits,
-	.generate = gpt2_generate,
+	.nll = lora_decoder_nll,
+	.logits = lora_decoder_logits,
+	.generate = lora_decoder_generate,
 };

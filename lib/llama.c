@@ -15,14 +15,12 @@
  * and "llama3" (others refused, naming the type). Mistral's sliding_window
  * (and qwen2's when use_sliding_window) limits each query to the last W keys.
  *
- * Batching: the nll pass packs every sequence into one [T, C] activation
- * (T = Σ tokens), so each Linear is one sgemm with M = T; attention runs per
- * sequence and head; the head is applied only to the rows that score a
- * target. Generation keeps an f32 KV cache per layer.
+ * Batching, the head and generation are decoder.c's; attention runs per
+ * sequence and kv head.
  * Dimension vocabulary: T tokens, C hidden, NH/NKV heads, HS head size,
  * F intermediate, V vocabulary (ops.h).
  */
-#include "arch.h"
+#include "decoder.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -43,6 +41,7 @@ struct layer {
 };
 
 struct llama {
+	struct lora_decoder dec;	/* first: the driver's view (decoder.h) */
 	int C, NH, NKV, HS, F, L, V, maxpos, window;
 	float eps;
 	const float *embed;	/* [V, C] */
@@ -52,17 +51,7 @@ struct llama {
 	struct layer *layers;
 };
 
-/* One run of consecutive rows of the packed batch: rows off..off+len, at
- * positions pos0..pos0+len of their own sequence. */
-struct seg {
-	int off, len, pos0;
-};
-
-/* KV cache for one sequence: per layer K and V [cap, NKV*HS]. */
-struct cache {
-	int cap;
-	float **k, **v;
-};
+static const struct lora_decoder_ops llama_ops;
 
 static int cfg_int(const struct lora_doc *cfg, const char *key, int64_t def, int64_t *out,
 		   struct lora_err *err)
@@ -218,6 +207,8 @@ static int llama_load(struct lora_model *m, struct lora_err *err)
 	core->info.vocab = p->V;
 	core->info.max_positions = p->maxpos;
 	core->info.decoder_start = -1;
+	p->dec = (struct lora_decoder){.ops = &llama_ops, .L = p->L, .C = p->C, .V = p->V,
+				       .n_lin = p->L * NLIN, .kv_dim = p->NKV * p->HS};
 
 	if (!(p->embed = lora_model_weight(m, "model.embed_tokens.weight", V, C, err)) ||
 	    !(p->norm = lora_model_weight(m, "model.norm.weight", C, 0, err)))
@@ -226,6 +217,7 @@ static int llama_load(struct lora_model *m, struct lora_err *err)
 		p->head = p->embed;
 	else if (!(p->head = lora_model_weight(m, "lm_head.weight", V, C, err)))
 		return err ? err->code : LORA_EINVAL;
+	p->dec.head = p->head;
 	if (!(p->layers = calloc((size_t)L, sizeof *p->layers)))
 		return lora_errf(err, LORA_ENOMEM, "out of memory");
 	const int64_t shape[NLIN][2] = {
@@ -269,36 +261,33 @@ struct acts {
 	float *qg;	/* per worker: [grp*maxlen, HS] those query heads stacked, then output */
 	size_t s_stride, qg_stride;	/* floats per worker */
 	float *lr;	/* [T, maxR] LoRA scratch */
-	float *mem;
+	float *cs;	/* [maxlen, HS] RoPE cos/sin of the positions spanned */
 };
 
-static int max_rank(const struct lora_model *m, const struct llama *p)
+static const char *lin_name(const struct lora_decoder *d, int i)
 {
-	int r = 1;
-	for (int l = 0; l < p->L; l++)
-		for (int j = 0; j < NLIN; j++) {
-			int n;
-			const struct lora_delta *d = lora_model_deltas(m, p->layers[l].name[j], &n);
-			for (int i = 0; i < n; i++)
-				r = d[i].r > r ? d[i].r : r;
-		}
-	return r;
+	return ((const struct llama *)d)->layers[i / NLIN].name[i % NLIN];
 }
 
-static int acts_alloc(struct acts *A, const struct llama *p, int R, int T, int maxlen, int maxkeys,
+static void *acts_new(const struct lora_decoder *d, int R, int T, int maxlen, int maxkeys,
 		      struct lora_err *err)
 {
+	const struct llama *p = (const struct llama *)d;
 	size_t QD = (size_t)p->NH * p->HS, KD = (size_t)p->NKV * p->HS;
 	size_t per_t = 2 * (size_t)p->C + 2 * QD + 2 * KD + 2 * (size_t)p->F + (size_t)R;
-	size_t n, sn, rows = (size_t)(p->NH / p->NKV) * (size_t)maxlen, nw = (size_t)lora_parallel_workers();
+	size_t n, sn, per_w, rows = (size_t)(p->NH / p->NKV) * (size_t)maxlen;
+	size_t nw = (size_t)lora_parallel_workers();
 	if (lora_size_mul(per_t, (size_t)T, &n) < 0 || lora_size_mul(rows, (size_t)maxkeys, &sn) < 0 ||
-	    lora_size_add(sn, rows * (size_t)p->HS, &A->s_stride) < 0 ||
-	    lora_size_mul(A->s_stride, nw, &sn) < 0 || lora_size_add(n, sn, &n) < 0 ||
-	    lora_size_mul(n, sizeof(float), &n) < 0 || !(A->mem = malloc(n)))
-		return lora_errf(err, LORA_ENOMEM, "out of memory for activations of %d tokens", T);
+	    lora_size_add(sn, rows * (size_t)p->HS, &per_w) < 0 ||
+	    lora_size_mul(per_w, nw, &sn) < 0 || lora_size_add(n, sn, &n) < 0 ||
+	    lora_size_add(n, (size_t)maxlen * p->HS, &n) < 0)
+		n = SIZE_MAX;
+	float *f;
+	struct acts *A = lora_decoder_acts(sizeof *A, n, &f, T, err);
+	if (!A)
+		return NULL;
 	A->s_stride = rows * (size_t)maxkeys;
 	A->qg_stride = rows * (size_t)p->HS;
-	float *f = A->mem;
 	A->x = f, f += (size_t)T * p->C;
 	A->h = f, f += (size_t)T * p->C;
 	A->q = f, f += (size_t)T * QD;
@@ -309,8 +298,9 @@ static int acts_alloc(struct acts *A, const struct llama *p, int R, int T, int m
 	A->u = f, f += (size_t)T * p->F;
 	A->lr = f, f += (size_t)T * R;
 	A->qg = f, f += nw * A->qg_stride;
+	A->cs = f, f += (size_t)maxlen * p->HS;
 	A->s = f;
-	return 0;
+	return A;
 }
 
 /* cos/sin table for positions pmin..pmax: tab[(pos - pmin) * HS + j] = cos,
@@ -329,7 +319,7 @@ static void rope_table(const struct llama *p, float *tab, int pmin, int pmax)
 }
 
 /* In-place RoPE (rotate_half) on rows [T, nh*HS], positions per segment. */
-static void rope(const struct llama *p, float *x, int nh, const struct seg *segs, int nseg,
+static void rope(const struct llama *p, float *x, int nh, const struct lora_decoder_seg *segs, int nseg,
 		 const float *tab, int pmin)
 {
 	int half = p->HS / 2, D = nh * p->HS;
@@ -385,9 +375,9 @@ static void attend(const struct llama *p, const float *q, const float *kb, const
  * in parallel (lora_parallel_for), each worker with its own scratch. */
 struct attn_job {
 	const struct llama *p;
-	const struct seg *segs;
+	const struct lora_decoder_seg *segs;
 	struct acts *A;
-	struct cache *cache;
+	struct lora_decoder_cache *cache;
 	int l;
 };
 
@@ -395,7 +385,7 @@ static void attn_unit(void *ctx, int u, int worker)
 {
 	struct attn_job *j = ctx;
 	const struct llama *p = j->p;
-	const struct seg *sg = &j->segs[u / p->NKV];
+	const struct lora_decoder_seg *sg = &j->segs[u / p->NKV];
 	int QD = p->NH * p->HS, KD = p->NKV * p->HS;
 	const float *kb = j->A->k + (size_t)sg->off * KD, *vb = j->A->v + (size_t)sg->off * KD;
 	if (j->cache) {
@@ -415,13 +405,15 @@ static void lin(struct lora_model *m, const struct layer *ly, int j, float *y, c
 	lora_linear(y, x, ly->w[j], true, ly->b[j], d, nd, T, in, out, scratch);
 }
 
-/* The decoder over T packed tokens (ids) in nseg segments; leaves the final
- * residual stream (before the last norm) in A->x. With a cache (one
- * segment), K/V rows go to cache rows pos0.. and attention reads the cache. */
-static void forward(struct lora_model *m, const struct llama *p, const int32_t *ids, int T,
-		    const struct seg *segs, int nseg, struct cache *cache, struct acts *A,
-		    float *cs /* [positions spanned, HS] */)
+/* The blocks over T packed tokens (decoder.h); the cache holds per layer
+ * K and V [cap, NKV*HS]. */
+static const float *forward(struct lora_model *m, const struct lora_decoder *d, const int32_t *ids,
+			    int T, const struct lora_decoder_seg *segs, int nseg,
+			    struct lora_decoder_cache *cache, void *acts)
 {
+	const struct llama *p = (const struct llama *)d;
+	struct acts *A = acts;
+	float *cs = A->cs;
 	int C = p->C, QD = p->NH * p->HS, KD = p->NKV * p->HS;
 	int pmin = segs[0].pos0, pmax = 0;
 	for (int s = 0; s < nseg; s++) {
@@ -441,7 +433,7 @@ static void forward(struct lora_model *m, const struct llama *p, const int32_t *
 		rope(p, A->k, p->NKV, segs, nseg, cs, pmin);
 		if (cache)
 			for (int s = 0; s < nseg; s++) {
-				const struct seg *sg = &segs[s];
+				const struct lora_decoder_seg *sg = &segs[s];
 				memcpy(cache->k[l] + (size_t)sg->pos0 * KD, A->k + (size_t)sg->off * KD,
 				       (size_t)sg->len * KD * sizeof(float));
 				memcpy(cache->v[l] + (size_t)sg->pos0 * KD, A->v + (size_t)sg->off * KD,
@@ -462,218 +454,35 @@ static void forward(struct lora_model *m, const struct llama *p, const int32_t *
 		for (size_t i = 0; i < (size_t)T * C; i++)
 			A->x[i] += A->h[i];
 	}
+	return A->x;
 }
 
-/* Final norm of the listed rows of x, then head rows -> logits [n, V], in
- * chunks of rows so that a large vocabulary needs no [T, V] buffer when the
- * caller only wants NLL (nll != NULL: one value per row; logits unused). */
-static int head_rows(const struct llama *p, const float *x, const int *rows, int n,
-		     const int32_t *targets, float *nll, float *logits, struct lora_err *err)
+static void final_norm(const struct lora_decoder *d, float *y, const float *x)
 {
-	int C = p->C, V = p->V;
-	int chunk = n;
-	if (nll) {
-		chunk = (int)((size_t)(8u << 20) / (size_t)V);
-		chunk = chunk < 16 ? 16 : chunk;
-		chunk = chunk > n ? n : chunk;
-	}
-	float *h = malloc((size_t)chunk * C * sizeof *h);
-	float *lg = nll ? malloc((size_t)chunk * V * sizeof *lg) : NULL;
-	if (!h || (nll && !lg)) {
-		free(h);
-		free(lg);
-		return lora_errf(err, LORA_ENOMEM, "out of memory for logits");
-	}
-	for (int r0 = 0; r0 < n; r0 += chunk) {
-		int c = n - r0 < chunk ? n - r0 : chunk;
-		for (int i = 0; i < c; i++)
-			lora_rmsnorm(h + (size_t)i * C, x + (size_t)rows[r0 + i] * C, p->norm, 1, C, p->eps);
-		float *out = nll ? lg : logits + (size_t)r0 * V;
-		lora_matmul(out, h, p->head, c, C, V, true, 1.0f, 0.0f);
-		if (nll)
-			for (int i = 0; i < c; i++)
-				nll[r0 + i] = lora_nll_row(lg + (size_t)i * V, V, targets[r0 + i]);
-	}
-	free(h);
-	free(lg);
-	return 0;
+	const struct llama *p = (const struct llama *)d;
+	lora_rmsnorm(y, x, p->norm, 1, p->C, p->eps);
 }
 
-static int check_len(const struct llama *p, size_t len, size_t k, struct lora_err *err)
+static int check_len(const struct lora_decoder *d, size_t len, size_t k, struct lora_err *err)
 {
 	if (len > (size_t)(1 << 24))
 		return lora_errf(err, LORA_EINVAL, "sequence %zu is too long (%zu tokens)", k + 1, len);
 	return 0;
 }
 
-static int llama_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, float *nll,
-		     struct lora_err *err)
-{
-	const struct llama *p = lora_model_core(m)->arch_state;
-	size_t T = 0, NT = 0;
-	int maxlen = 1;
-	for (size_t k = 0; k < n; k++) {
-		if (seqs[k].n_input == 0 || seqs[k].n_target == 0)
-			return lora_errf(err, LORA_EINVAL,
-					 "sequence %zu: a decoder-only model needs at least one input "
-					 "and one target token", k + 1);
-		size_t len = seqs[k].n_input + seqs[k].n_target - 1;
-		int rc = check_len(p, len, k, err);
-		if (rc < 0)
-			return rc;
-		T += len;
-		NT += seqs[k].n_target;
-		maxlen = (int)len > maxlen ? (int)len : maxlen;
-	}
-	if (T == 0)
-		return 0;
-	if (T > INT32_MAX / 8)
-		return lora_errf(err, LORA_EINVAL, "batch of %zu tokens is too large", T);
-	int32_t *ids = malloc(T * sizeof *ids), *tg = malloc(NT * sizeof *tg);
-	int *rows = malloc(NT * sizeof *rows);
-	struct seg *segs = malloc(n * sizeof *segs);
-	float *cs = malloc((size_t)maxlen * p->HS * sizeof *cs);
-	struct acts A = {0};
-	int rc = 0;
-	if (!ids || !tg || !rows || !segs || !cs) {
-		rc = lora_errf(err, LORA_ENOMEM, "out of memory");
-		goto out;
-	}
-	size_t off = 0, r = 0;
-	for (size_t k = 0; k < n; k++) {
-		const struct lora_seq *s = &seqs[k];
-		size_t len = s->n_input + s->n_target - 1;
-		memcpy(ids + off, s->input, s->n_input * sizeof *ids);
-		memcpy(ids + off + s->n_input, s->target, (s->n_target - 1) * sizeof *ids);
-		segs[k] = (struct seg){(int)off, (int)len, 0};
-		for (size_t j = 0; j < s->n_target; j++) {
-			rows[r] = (int)(off + s->n_input - 1 + j);
-			tg[r++] = s->target[j];
-		}
-		off += len;
-	}
-	if ((rc = acts_alloc(&A, p, max_rank(m, p), (int)T, maxlen, maxlen, err)) < 0)
-		goto out;
-	forward(m, p, ids, (int)T, segs, (int)n, NULL, &A, cs);
-	rc = head_rows(p, A.x, rows, (int)NT, tg, nll, NULL, err);
-out:
-	free(A.mem);
-	free(ids);
-	free(tg);
-	free(rows);
-	free(segs);
-	free(cs);
-	return rc;
-}
-
-static int llama_logits(struct lora_model *m, const struct lora_seq *seq, float **logits,
-			size_t *nrows, struct lora_err *err)
-{
-	const struct llama *p = lora_model_core(m)->arch_state;
-	*logits = NULL;
-	*nrows = 0;
-	size_t T = seq->n_input + seq->n_target;
-	int rc = check_len(p, T, 0, err);
-	if (rc < 0 || T == 0)
-		return rc;
-	int32_t *ids = malloc(T * sizeof *ids);
-	int *rows = malloc(T * sizeof *rows);
-	float *cs = malloc(T * p->HS * sizeof *cs);
-	float *out = malloc(T * (size_t)p->V * sizeof *out);
-	struct acts A = {0};
-	if (!ids || !rows || !cs || !out) {
-		rc = lora_errf(err, LORA_ENOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(ids, seq->input, seq->n_input * sizeof *ids);
-	memcpy(ids + seq->n_input, seq->target, seq->n_target * sizeof *ids);
-	for (size_t i = 0; i < T; i++)
-		rows[i] = (int)i;
-	struct seg sg = {0, (int)T, 0};
-	if ((rc = acts_alloc(&A, p, max_rank(m, p), (int)T, (int)T, (int)T, err)) < 0)
-		goto out;
-	forward(m, p, ids, (int)T, &sg, 1, NULL, &A, cs);
-	if ((rc = head_rows(p, A.x, rows, (int)T, NULL, NULL, out, err)) < 0)
-		goto out;
-	*logits = out;
-	*nrows = T;
-	out = NULL;
-out:
-	free(A.mem);
-	free(ids);
-	free(rows);
-	free(cs);
-	free(out);
-	return rc;
-}
-
-static void cache_free(struct cache *c, int L)
-{
-	for (int l = 0; l < L && c->k; l++) {
-		free(c->k[l]);
-		free(c->v[l]);
-	}
-	free(c->k);
-	free(c->v);
-}
-
-static int llama_generate(struct lora_model *m, const int32_t *input, size_t n_input,
-			  size_t max_new, int32_t *out, size_t *n_out, struct lora_err *err)
-{
-	const struct llama *p = lora_model_core(m)->arch_state;
-	int eos = lora_model_core(m)->info.eos;
-	*n_out = 0;
-	if (n_input == 0)
-		return lora_errf(err, LORA_EINVAL, "generation needs at least one input token");
-	size_t cap = n_input + max_new;
-	int rc = check_len(p, cap, 0, err);
-	if (rc < 0)
-		return rc;
-	int KD = p->NKV * p->HS, R = max_rank(m, p);
-	struct cache c = {(int)cap, calloc((size_t)p->L, sizeof(float *)), calloc((size_t)p->L, sizeof(float *))};
-	float *cs = malloc(n_input * p->HS * sizeof *cs), *lg = malloc((size_t)p->V * sizeof *lg);
-	struct acts A = {0}, A1 = {0};
-	rc = (!c.k || !c.v || !cs || !lg) ? LORA_ENOMEM : 0;
-	for (int l = 0; rc == 0 && l < p->L; l++)
-		if (!(c.k[l] = malloc(cap * KD * sizeof(float))) || !(c.v[l] = malloc(cap * KD * sizeof(float))))
-			rc = LORA_ENOMEM;
-	if (rc < 0) {
-		rc = lora_errf(err, LORA_ENOMEM, "out of memory for a KV cache of %zu tokens", cap);
-		goto out;
-	}
-	if ((rc = acts_alloc(&A, p, R, (int)n_input, (int)n_input, (int)n_input, err)) < 0 ||
-	    (rc = acts_alloc(&A1, p, R, 1, 1, (int)cap, err)) < 0)
-		goto out;
-	struct seg sg = {0, (int)n_input, 0};
-	forward(m, p, input, (int)n_input, &sg, 1, &c, &A, cs);
-	int last = (int)n_input - 1;
-	if ((rc = head_rows(p, A.x, &last, 1, NULL, NULL, lg, err)) < 0)
-		goto out;
-	for (size_t k = 0; k < max_new; k++) {
-		int32_t tok = lora_argmax(lg, p->V);
-		out[(*n_out)++] = tok;
-		if (tok == eos || k + 1 == max_new)
-			break;
-		struct seg s1 = {0, 1, (int)(n_input + k)};
-		forward(m, p, &tok, 1, &s1, 1, &c, &A1, cs);
-		int zero = 0;
-		if ((rc = head_rows(p, A1.x, &zero, 1, NULL, NULL, lg, err)) < 0)
-			goto out;
-	}
-out:
-	free(A.mem);
-	free(A1.mem);
-	cache_free(&c, p->L);
-	free(cs);
-	free(lg);
-	return rc;
-}
+static const struct lora_decoder_ops llama_ops = {
+	.check_len = check_len,
+	.lin_name = lin_name,
+	.acts_new = acts_new,
+	.forward = forward,
+	.final_norm = final_norm,
+};
 
 const struct lora_arch lora_arch_llama = {
 	.name = "llama",
 	.load = llama_load,
 	.free = llama_free,
-	.nll = llama_nll,
-	.logits = llama_logits,
-	.generate = llama_generate,
+	.nll = lora_decoder_nll,
+	.logits = lora_decoder_logits,
+	.generate = lora_decoder_generate,
 };
