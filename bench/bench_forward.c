@@ -14,6 +14,7 @@
  * Needs a tokenizer.json: $LORA_SHARED/stories260K-hf's (or the path in
  * $LORA_BENCH_TOKENIZER); prints "skip" otherwise.
  */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cpu.h"
 #include "merge.h"
 #include "model.h"
 #include "ops.h"
@@ -185,8 +187,12 @@ static void make_adapter(struct lora_adapter *a, int idx)
 		}
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	(void)argc;
+	/* the same OpenBLAS kernels the tools get (lib/cpu.h) */
+	lora_cpu_fast_blas_reexec(argv);
+	printf("%s: OpenBLAS core %s\n", "bench_forward", openblas_get_corename());
 	const char *tok = getenv("LORA_BENCH_TOKENIZER");
 	char tokbuf[1024];
 	if (!tok) {

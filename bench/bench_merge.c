@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu.h"
 #include "merge.h"
 
 static double now(void)
@@ -40,6 +41,10 @@ static float nrand(void)
 
 int main(int argc, char **argv)
 {
+	(void)argc;
+	/* the same OpenBLAS kernels the tools get (lib/cpu.h) */
+	lora_cpu_fast_blas_reexec(argv);
+	printf("%s: OpenBLAS core %s\n", "bench_merge", openblas_get_corename());
 	int n = argc > 1 ? atoi(argv[1]) : 20;
 	int r = argc > 2 ? atoi(argv[2]) : 16;
 	int dim = argc > 3 ? atoi(argv[3]) : 4096;

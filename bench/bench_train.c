@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cpu.h"
 #include "train.h"
 
 static double now(void)
@@ -37,8 +38,12 @@ static float *rnd(size_t n, float scale, uint64_t *s)
 	return x;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	(void)argc;
+	/* the same OpenBLAS kernels the tools get (lib/cpu.h) */
+	lora_cpu_fast_blas_reexec(argv);
+	printf("%s: OpenBLAS core %s\n", "bench_train", openblas_get_corename());
 	enum { L = 4, C = 576, NH = 9, NKV = 3, HS = 64, F = 1536, V = 8192 };
 	enum { NSEQ = 5, NIN = 150, NTG = 50 };
 	uint64_t s = 1;
