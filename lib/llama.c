@@ -318,57 +318,148 @@ static void rope_table(const struct llama *p, float *tab, int pmin, int pmax)
 	}
 }
 
-/* In-place RoPE (rotate_half) on rows [T, nh*HS], positions per segment. */
-static void rope(const struct llama *p, float *x, int nh, const struct lora_decoder_seg *segs, int nseg,
-		 const float *tab, int pmin)
+typedef float v8 __attribute__((vector_size(32)));
+
+/* In-place RoPE (rotate_half) on head h of segment sg's rows of x [T, nh*HS]. */
+static void rope_head(const struct llama *p, float *x, int nh, int h, const struct lora_decoder_seg *sg,
+		      const float *tab, int pmin)
 {
 	int half = p->HS / 2, D = nh * p->HS;
-	for (int s = 0; s < nseg; s++)
-		for (int i = 0; i < segs[s].len; i++) {
-			const float *cs = tab + (size_t)(segs[s].pos0 + i - pmin) * p->HS;
-			float *row = x + (size_t)(segs[s].off + i) * D;
-			for (int h = 0; h < nh; h++) {
-				float *r = row + h * p->HS;
-				for (int j = 0; j < half; j++) {
-					float x1 = r[j], x2 = r[j + half];
-					r[j] = x1 * cs[j] - x2 * cs[half + j];
-					r[j + half] = x2 * cs[j] + x1 * cs[half + j];
-				}
-			}
+	for (int i = 0; i < sg->len; i++) {
+		const float *c = tab + (size_t)(sg->pos0 + i - pmin) * p->HS, *sn = c + half;
+		float *r1 = x + (size_t)(sg->off + i) * D + h * p->HS, *r2 = r1 + half;
+		int j = 0;
+		for (; j + 8 <= half; j += 8) {	/* the same arithmetic, 8 lanes at a time */
+			v8 x1, x2, vc, vs;
+			memcpy(&x1, r1 + j, sizeof x1);
+			memcpy(&x2, r2 + j, sizeof x2);
+			memcpy(&vc, c + j, sizeof vc);
+			memcpy(&vs, sn + j, sizeof vs);
+			v8 y1 = x1 * vc - x2 * vs, y2 = x2 * vc + x1 * vs;
+			memcpy(r1 + j, &y1, sizeof y1);
+			memcpy(r2 + j, &y2, sizeof y2);
 		}
+		for (; j < half; j++) {
+			float x1 = r1[j], x2 = r2[j];
+			r1[j] = x1 * c[j] - x2 * sn[j];
+			r2[j] = x2 * c[j] + x1 * sn[j];
+		}
+	}
+}
+
+/* The O(T*C) steps between the matrix products, in parallel over row
+ * chunks (or (segment, head) units for RoPE) when T is large enough to pay
+ * for the threads; each unit computes exactly what the serial loop would. */
+enum { EW_ADDNORM, EW_ADD, EW_SWIGLU, EW_ROPE };
+enum { EW_MIN_T = 32 };	/* below this, one unit on the calling thread */
+
+struct ew_job {
+	const struct llama *p;
+	struct acts *A;
+	int kind, T, rows;	/* rows per unit */
+	bool add;		/* EW_ADDNORM: x += h first */
+	const float *w;		/* EW_ADDNORM: norm weight */
+	const struct lora_decoder_seg *segs;
+	const float *tab;
+	int pmin;
+};
+
+static void ew_unit(void *ctx, int u, int worker)
+{
+	(void)worker;
+	struct ew_job *j = ctx;
+	const struct llama *p = j->p;
+	struct acts *A = j->A;
+	if (j->kind == EW_ROPE) {
+		int nh = p->NH + p->NKV, h = u % nh;
+		const struct lora_decoder_seg *sg = &j->segs[u / nh];
+		if (h < p->NH)
+			rope_head(p, A->q, p->NH, h, sg, j->tab, j->pmin);
+		else
+			rope_head(p, A->k, p->NKV, h - p->NH, sg, j->tab, j->pmin);
+		return;
+	}
+	int t0 = u * j->rows, n = j->T - t0 < j->rows ? j->T - t0 : j->rows;
+	if (j->kind == EW_SWIGLU) {
+		/* g = silu(g) * u in pieces that stay in L1 (one pass over memory) */
+		size_t o = (size_t)t0 * p->F, cnt = (size_t)n * p->F;
+		float *g = A->g + o;
+		const float *up = A->u + o;
+		for (size_t i0 = 0; i0 < cnt; i0 += 1024) {
+			size_t k = cnt - i0 < 1024 ? cnt - i0 : 1024;
+			lora_silu(g + i0, k);
+			for (size_t i = i0; i < i0 + k; i++)
+				g[i] *= up[i];
+		}
+		return;
+	}
+	for (int t = t0; t < t0 + n; t++) {
+		float *x = A->x + (size_t)t * p->C, *h = A->h + (size_t)t * p->C;
+		if (j->kind == EW_ADD || j->add)
+			for (int i = 0; i < p->C; i++)
+				x[i] += h[i];
+		if (j->kind == EW_ADDNORM)
+			lora_rmsnorm(h, x, j->w, 1, p->C, p->eps);
+	}
+}
+
+/* Run one row-chunked step over T rows. */
+static void ew_rows(struct ew_job *j)
+{
+	int nu = 1;
+	if (j->T >= EW_MIN_T) {
+		nu = 4 * lora_parallel_workers();
+		nu = nu > j->T ? j->T : nu;
+	}
+	j->rows = (j->T + nu - 1) / nu;
+	lora_parallel_for((j->T + j->rows - 1) / j->rows, ew_unit, j);
 }
 
 /* Causal attention of one segment for one kv head kh: queries q rows
  * [len, QD]; keys/values in kb/vb rows 0..pos0+len (stride KD); output into
  * the kv head's query-head columns of a rows [len, QD]. The grp query heads
- * that share kv head kh are stacked into one [grp*len, HS] matrix (qg), so
- * they cost two sgemms with M = grp*len. S holds [grp*len, nk] scores. */
+ * that share kv head kh are stacked query-major into qg [len*grp, HS] (row
+ * i*grp + g: query i, head kh*grp + g), then processed in blocks of QB
+ * queries, each block's two sgemms reaching only the keys it can see (the
+ * causal upper triangle, and keys before a sliding window, are skipped).
+ * S holds one block's [QB*grp, keys] scores. The output overwrites qg. */
+enum { QB = 64 };
+
 static void attend(const struct llama *p, const float *q, const float *kb, const float *vb,
 		   float *a, int len, int pos0, int kh, float *S, float *qg)
 {
-	int QD = p->NH * p->HS, KD = p->NKV * p->HS, HS = p->HS, nk = pos0 + len;
-	int grp = p->NH / p->NKV, M = grp * len;
+	int QD = p->NH * p->HS, KD = p->NKV * p->HS, HS = p->HS;
+	int grp = p->NH / p->NKV, GH = grp * HS;
 	float div = sqrtf((float)HS);	/* HF divides the product by sqrt(HS) */
-	for (int g = 0; g < grp; g++)
-		for (int i = 0; i < len; i++)
-			memcpy(qg + ((size_t)g * len + i) * HS, q + (size_t)i * QD + (kh * grp + g) * HS,
-			       (size_t)HS * sizeof(float));
-	lora_gemm(false, true, M, nk, HS, 1.0f, qg, HS, kb + kh * HS, KD, 0.0f, S, nk);
-	for (int r = 0; r < M; r++) {
-		float *row = S + (size_t)r * nk;
-		int last = pos0 + r % len;	/* keys 0..last are visible */
-		int first = p->window && last - p->window + 1 > 0 ? last - p->window + 1 : 0;
-		for (int j = first; j <= last; j++)
-			row[j] /= div;
-		lora_softmax_rows(row + first, 1, last + 1 - first);
-		memset(row, 0, (size_t)first * sizeof *row);
-		memset(row + last + 1, 0, (size_t)(nk - last - 1) * sizeof *row);
+	int ex;
+	/* when div is a power of two, scaling by 1/div inside the sgemm is exact */
+	bool pow2 = frexpf(div, &ex) == 0.5f;
+	for (int i = 0; i < len; i++)
+		memcpy(qg + (size_t)i * GH, q + (size_t)i * QD + kh * GH, (size_t)GH * sizeof(float));
+	for (int i0 = 0; i0 < len; i0 += QB) {
+		int i1 = len - i0 < QB ? len : i0 + QB, M = (i1 - i0) * grp;
+		int k0 = p->window && pos0 + i0 - p->window + 1 > 0 ? pos0 + i0 - p->window + 1 : 0;
+		int nk = pos0 + i1 - k0;	/* keys k0 .. pos0+i1-1 */
+		float *qb = qg + (size_t)i0 * GH;
+		lora_gemm(false, true, M, nk, HS, pow2 ? 1.0f / div : 1.0f, qb, HS,
+			  kb + (size_t)k0 * KD + kh * HS, KD, 0.0f, S, nk);
+		for (int r = 0; r < M; r++) {
+			float *row = S + (size_t)r * nk;
+			int last = pos0 + i0 + r / grp;	/* keys 0..last are visible */
+			int first = p->window && last - p->window + 1 > 0 ? last - p->window + 1 : 0;
+			int f = first - k0, l = last - k0;
+			if (!pow2)
+				for (int j = f; j <= l; j++)
+					row[j] /= div;
+			lora_softmax_rows(row + f, 1, l + 1 - f);
+			memset(row, 0, (size_t)f * sizeof *row);
+			memset(row + l + 1, 0, (size_t)(nk - l - 1) * sizeof *row);
+		}
+		lora_gemm(false, false, M, HS, nk, 1.0f, S, nk, vb + (size_t)k0 * KD + kh * HS, KD, 0.0f,
+			  qb, HS);
 	}
-	lora_gemm(false, false, M, HS, nk, 1.0f, S, nk, vb + kh * HS, KD, 0.0f, qg, HS);
-	for (int g = 0; g < grp; g++)
-		for (int i = 0; i < len; i++)
-			memcpy(a + (size_t)i * QD + (kh * grp + g) * HS, qg + ((size_t)g * len + i) * HS,
-			       (size_t)HS * sizeof(float));
+	for (int i = 0; i < len; i++)
+		memcpy(a + (size_t)i * QD + kh * GH, qg + (size_t)i * GH, (size_t)GH * sizeof(float));
 }
 
 /* One layer's attention work, split into (segment, kv head) units that run
@@ -423,14 +514,21 @@ static const float *forward(struct lora_model *m, const struct lora_decoder *d, 
 	rope_table(p, cs, pmin, pmax);
 	for (int t = 0; t < T; t++)
 		memcpy(A->x + (size_t)t * C, p->embed + (size_t)ids[t] * C, (size_t)C * sizeof(float));
+	struct ew_job ew = {.p = p, .A = A, .T = T, .segs = segs, .tab = cs, .pmin = pmin};
 	for (int l = 0; l < p->L; l++) {
 		const struct layer *ly = &p->layers[l];
-		lora_rmsnorm(A->h, A->x, ly->attn_norm, T, C, p->eps);
+		/* x += h (the previous layer's MLP output), then h = rmsnorm(x) */
+		ew.kind = EW_ADDNORM, ew.add = l > 0, ew.w = ly->attn_norm;
+		ew_rows(&ew);
 		lin(m, ly, WQ, A->q, A->h, T, C, QD, A->lr);
 		lin(m, ly, WK, A->k, A->h, T, C, KD, A->lr);
 		lin(m, ly, WV, A->v, A->h, T, C, KD, A->lr);
-		rope(p, A->q, p->NH, segs, nseg, cs, pmin);
-		rope(p, A->k, p->NKV, segs, nseg, cs, pmin);
+		ew.kind = EW_ROPE;
+		if (T >= EW_MIN_T)
+			lora_parallel_for(nseg * (p->NH + p->NKV), ew_unit, &ew);
+		else
+			for (int u = 0; u < nseg * (p->NH + p->NKV); u++)
+				ew_unit(&ew, u, 0);
 		if (cache)
 			for (int s = 0; s < nseg; s++) {
 				const struct lora_decoder_seg *sg = &segs[s];
@@ -442,18 +540,16 @@ static const float *forward(struct lora_model *m, const struct lora_decoder *d, 
 		struct attn_job job = {p, segs, A, cache, l};
 		lora_parallel_for(nseg * p->NKV, attn_unit, &job);
 		lin(m, ly, WO, A->h, A->a, T, QD, C, A->lr);
-		for (size_t i = 0; i < (size_t)T * C; i++)
-			A->x[i] += A->h[i];
-		lora_rmsnorm(A->h, A->x, ly->ffn_norm, T, C, p->eps);
+		ew.kind = EW_ADDNORM, ew.add = true, ew.w = ly->ffn_norm;
+		ew_rows(&ew);
 		lin(m, ly, WG, A->g, A->h, T, C, p->F, A->lr);
 		lin(m, ly, WU, A->u, A->h, T, C, p->F, A->lr);
-		lora_silu(A->g, (size_t)T * p->F);
-		for (size_t i = 0; i < (size_t)T * p->F; i++)
-			A->g[i] *= A->u[i];
+		ew.kind = EW_SWIGLU;
+		ew_rows(&ew);
 		lin(m, ly, WD, A->h, A->g, T, p->F, C, A->lr);
-		for (size_t i = 0; i < (size_t)T * C; i++)
-			A->x[i] += A->h[i];
 	}
+	ew.kind = EW_ADD;
+	ew_rows(&ew);
 	return A->x;
 }
 
