@@ -62,7 +62,7 @@ $(B)/bin/%: bin/%.c $(B)/bin/cli.o $(B)/liblora.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(B)/bin/cli.o $(B)/liblora.a $(LDLIBS_ALL)
 
-$(B)/tests/%: tests/unit/%.c tests/unit/check.h $(B)/liblora.a
+$(B)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(B)/liblora.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -Itests/unit -o $@ $< $(B)/liblora.a $(LDLIBS_ALL)
 

@@ -12,7 +12,7 @@ TOP=$(cd "$(dirname "$0")/.." && pwd)
 case "$LORA_BUILD" in /*) ;; *) LORA_BUILD="$TOP/$LORA_BUILD" ;; esac
 GB=${1:-1.05}
 W=${LORA_BENCH_TMP:-${TMPDIR:-/tmp}/lorapipe-bench-apply.$$}
-L="/usr/bin/python3 $TOP/tests/t/t03-lib.py"
+L="/usr/bin/python3 $TOP/tests/t/lorapy.py"
 if ! /usr/bin/python3 -c 'import numpy' 2>/dev/null || [ ! -x /usr/bin/time ]; then
 	echo "bench_apply: skipped (needs /usr/bin/python3 with numpy and /usr/bin/time)"
 	exit 0

@@ -7,7 +7,9 @@
  *      shapes (M = 1000) measured in the same run;
  *   2. the cost of one new candidate in a served pool of 20 adapters
  *      (r 16 on q_proj and v_proj: LoraHub merge + attach + forward) against
- *      the forward alone;
+ *      the forward alone, with the deltas folded (the default for this
+ *      batch size) and unmerged (LORA_LINEAR_FOLD=0), in wall and CPU time,
+ *      as best-of and as the median of paired runs (steadier on a shared host);
  *   3. peak RSS against the size of the weights on disk.
  * FLOPs: 2 x non-embedding parameters x tokens + the causal attention
  * products + the head on the scored rows (PERF-NOTES.md's convention).
@@ -46,6 +48,26 @@ static double now(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The median of n values (sorted in place). */
+static double median(double *v, int n)
+{
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+			double t = v[j];
+			v[j] = v[j - 1];
+			v[j - 1] = t;
+		}
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* CPU time of the whole process (every thread). */
+static double cpu_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -130,9 +152,13 @@ static int write_model(const char *dir, const char *tokjson)
 	return rc;
 }
 
-/* OpenBLAS's rate on one layer's products at M tokens, repeated for L layers. */
+/* OpenBLAS's rate on one layer's products at M tokens, repeated for L layers:
+ * cblas_sgemm itself with OpenBLAS's own threads (as many as lorapipe's
+ * workers; lib/ops.c otherwise keeps OpenBLAS at one thread). */
 static double sgemm_rate(int M)
 {
+	int saved = openblas_get_num_threads();
+	openblas_set_num_threads(lora_parallel_workers());
 	const int shp[7][2] = {{NH * HS, C}, {NKV * HS, C}, {NKV * HS, C}, {C, NH * HS}, {F, C}, {F, C}, {C, F}};
 	float *x = rand_tensor((size_t)M * F, 1), *y = rand_tensor((size_t)M * F, 1);
 	float *w[7];
@@ -146,10 +172,12 @@ static double sgemm_rate(int M)
 		double t0 = now();
 		for (int l = 0; l < L; l++)
 			for (int j = 0; j < 7; j++)
-				lora_matmul(y, x, w[j], M, shp[j][1], shp[j][0], true, 1.0f, 0.0f);
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, shp[j][0], shp[j][1],
+					    1.0f, x, shp[j][1], w[j], shp[j][1], 0.0f, y, shp[j][0]);
 		double r = flop * L / (now() - t0) / 1e9;
 		best = r > best ? r : best;
 	}
+	openblas_set_num_threads(saved);
 	for (int j = 0; j < 7; j++)
 		free(w[j]);
 	free(x);
@@ -263,31 +291,61 @@ int main(int argc, char **argv)
 	}
 	struct lora_merge_params mp = lora_merge_default_params();
 	mp.method = LORA_MERGE_LORAHUB;
-	/* interleaved with the plain forward, best of each, as above */
-	double best_merge = 1e30, best_total = 1e30, best_base = 1e30;
-	for (int rep = 0; rep < 4; rep++) {
-		struct lora_adapter merged;
-		lora_model_set_adapter(m, NULL, NULL);
-		double tb = now();
-		lora_model_nll(m, seqs, NSEQ, nll, &err);
-		double t0 = now();
-		best_base = t0 - tb < best_base ? t0 - tb : best_base;
-		if (lora_merge(pp, POOL, w, &mp, &merged, NULL, &err) < 0 ||
-		    lora_model_set_adapter(m, &merged, &err) < 0) {
-			fprintf(stderr, "bench_forward: %s\n", err.msg);
-			return 1;
+	/* Interleaved with the plain forward, best of each, as above: the
+	 * default path (deltas folded into a scratch copy of the weight for
+	 * this prompt-sized batch) and the unmerged one (LORA_LINEAR_FOLD=0,
+	 * read at attach time). Wall time and process CPU time (both threads):
+	 * on a shared host the CPU time is the steadier of the two. */
+	enum { BASE, FOLD, UNMERGED, REPS = 7 };
+	double best_merge = 1e30, best[3] = {1e30, 1e30, 1e30}, cpu[3] = {1e30, 1e30, 1e30};
+	double pw[2][REPS], pc[2][REPS];	/* per rep: (candidate - base) / base */
+	double pf[2][REPS];			/* the same for the forward alone */
+	for (int rep = 0; rep < REPS; rep++) {
+		double tw[3], tc[3], tf[3];
+		for (int k = BASE; k <= UNMERGED; k++) {
+			struct lora_adapter merged = {0};
+			double t0 = now(), c0 = cpu_now();
+			setenv("LORA_LINEAR_FOLD", k == UNMERGED ? "0" : "1", 1);
+			if (k == BASE)
+				lora_model_set_adapter(m, NULL, NULL);
+			else if (lora_merge(pp, POOL, w, &mp, &merged, NULL, &err) < 0 ||
+				 lora_model_set_adapter(m, &merged, &err) < 0) {
+				fprintf(stderr, "bench_forward: %s\n", err.msg);
+				return 1;
+			}
+			double t1 = now();
+			if (lora_model_nll(m, seqs, NSEQ, nll, &err) < 0) {
+				fprintf(stderr, "bench_forward: %s\n", err.msg);
+				return 1;
+			}
+			double t2 = now(), c2 = cpu_now();
+			lora_adapter_free(&merged);
+			if (k != BASE)
+				best_merge = t1 - t0 < best_merge ? t1 - t0 : best_merge;
+			tw[k] = t2 - t0;
+			tc[k] = c2 - c0;
+			tf[k] = t2 - t1;
+			best[k] = tw[k] < best[k] ? tw[k] : best[k];
+			cpu[k] = tc[k] < cpu[k] ? tc[k] : cpu[k];
 		}
-		double t1 = now();
-		lora_model_nll(m, seqs, NSEQ, nll, &err);
-		double t2 = now();
-		lora_adapter_free(&merged);
-		best_merge = t1 - t0 < best_merge ? t1 - t0 : best_merge;
-		best_total = t2 - t0 < best_total ? t2 - t0 : best_total;
+		for (int k = 0; k < 2; k++) {
+			pw[k][rep] = (tw[FOLD + k] - tw[BASE]) / tw[BASE];
+			pc[k][rep] = (tc[FOLD + k] - tc[BASE]) / tc[BASE];
+			pf[k][rep] = (tf[FOLD + k] - tf[BASE]) / tf[BASE];
+		}
 	}
-	fwd = best_base < fwd ? best_base : fwd;
+	unsetenv("LORA_LINEAR_FOLD");
+	lora_model_set_adapter(m, NULL, NULL);
+	fwd = best[BASE] < fwd ? best[BASE] : fwd;
 	printf("bench_forward: new candidate in a pool of %d (r %d, q/v): merge+attach %.2f ms, "
 	       "total %.3f s vs forward alone %.3f s: overhead %.1f%% (target <= 2%%)\n",
-	       POOL, R, best_merge * 1e3, best_total, fwd, 100 * (best_total - fwd) / fwd);
+	       POOL, R, best_merge * 1e3, best[FOLD], fwd, 100 * (best[FOLD] - fwd) / fwd);
+	printf("bench_forward: same, median of %d paired runs (candidate right after the plain "
+	       "forward): folded %.1f%% wall (forward part %.1f%%), %.1f%% CPU; unmerged %.1f%% wall "
+	       "(forward part %.1f%%), %.1f%% CPU; best-of unmerged %.1f%%\n",
+	       REPS, 100 * median(pw[0], REPS), 100 * median(pf[0], REPS), 100 * median(pc[0], REPS),
+	       100 * median(pw[1], REPS), 100 * median(pf[1], REPS), 100 * median(pc[1], REPS),
+	       100 * (best[UNMERGED] - fwd) / fwd);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	double wb = (double)lora_model_info(m)->weight_bytes;

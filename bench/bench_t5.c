@@ -16,10 +16,14 @@
  * process; "of sgemm" = model GFLOP/s / that rate.
  *
  * Usage: bench_t5 [small|large|all] [steps]   (default: all; 10 / 3 steps)
+ * BENCH_T5_NO_SGEMM=1 skips the sgemm reference (to profile the step alone;
+ * the ratios printed are then meaningless); BENCH_T5_NO_ADAPTER=1 runs the
+ * base model without the adapter.
  * OPENBLAS_CORETYPE=SkylakeX is arranged by re-executing when the CPU has
  * AVX-512 and the variable is unset (LORA_NO_REEXEC=1 disables), as the
  * tools do.
  */
+#include "bf16.h"
 #include "cpu.h"
 #include "model.h"
 #include "ops.h"
@@ -352,17 +356,41 @@ static void bench(const struct shape *s, int steps)
 	fill(A, maxa, 1.0f);
 	fill(B, pool, 0.05f);
 	fill(Cc, maxc, 0.0f);
+	/* the same model opened again with --bf16's packed weights, timed
+	 * interleaved with the f32 one (CPUs with AVX512-BF16 only) */
+	struct lora_model *m2 = NULL;
+	if (lora_bf16_supported() &&
+	    (lora_model_open(dir, &m2, &err) < 0 || lora_model_set_bf16(m2, true, &err) < 0 ||
+	     (!getenv("BENCH_T5_NO_ADAPTER") && lora_model_set_adapter(m2, &ad, &err) < 0))) {
+		fprintf(stderr, "bench_t5: bf16: %s\n", err.msg);
+		exit(1);
+	}
+	float nll2[32];
+	if (m2)
+		lora_model_nll(m2, seqs, 5, nll2, &err);
+	double best2 = 1e30, dl = 0;
 	double best = 1e30, sum = 0, cpu_best = 1e30;
 	double sg_best[2] = { 1e30, 1e30 }, sg_cpu[2] = { 1e30, 1e30 };
 	size_t at = 0;
+	int no_sgemm = getenv("BENCH_T5_NO_SGEMM") != NULL;
 	for (int k = 0; k < steps; k++) {
 		double a = now(), ac = cpu();
 		lora_model_nll(m, seqs, 5, nll, &err);
 		double b = now() - a, bc = cpu() - ac;
+		if (m2) {
+			double a2 = now();
+			lora_model_nll(m2, seqs, 5, nll2, &err);
+			a2 = now() - a2;
+			best2 = a2 < best2 ? a2 : best2;
+			double s1 = 0, s2 = 0;
+			for (int q = 0; q < Td; q++)
+				s1 += nll[q], s2 += nll2[q];
+			dl = fabs(s1 - s2) / Td;
+		}
 		sum += b;
 		best = b < best ? b : best;
 		cpu_best = bc < cpu_best ? bc : cpu_best;
-		for (int hot = 0; hot < 2; hot++) {
+		for (int hot = 0; hot < 2 && !no_sgemm; hot++) {
 			a = now();
 			ac = cpu();
 			for (int i = 0; i < nm; i++)
@@ -414,8 +442,17 @@ static void bench(const struct shape *s, int steps)
 		free(ids[e][1]);
 	}
 	lora_model_set_adapter(m, NULL, NULL);
+	if (m2)
+		lora_model_set_adapter(m2, NULL, NULL);
 	lora_adapter_free(&ad);
 	lora_model_close(m);
+	if (m2) {
+		lora_model_close(m2);
+		printf("  --bf16 (interleaved with the f32 steps): best %.4f s, %.2fx the f32 step;"
+		       " mean NLL moves %.2e\n", best2, best / best2, dl);
+	} else {
+		printf("  --bf16: skipped, this CPU has no AVX512-BF16\n");
+	}
 	cleanup();
 }
 

@@ -8,8 +8,10 @@
  * whose candidates go to COMMAND as `weights` records with increasing ids;
  * COMMAND answers with one `score` record per candidate, matched by id.
  *   objective(w) = loss(w) + l1 · mean|w|
- * At the end the pool is written through unchanged, then one weights record
- * with the best w, so `| lora-merge` merges it. --trace keeps every
+ * Every candidate and the result carry `method: lorahub` (MERGE_RULE), the
+ * merge rule the objective is asked to score, so the pool written through
+ * unchanged followed by the best weights record makes `| lora-merge` build
+ * exactly the adapter that was scored. --trace keeps every
  * evaluation as CSV; --resume replays a trace's losses through the
  * (deterministic) optimizer and continues where it stopped.
  */
@@ -31,6 +33,10 @@
 #include "optim.h"
 #include "proc.h"
 #include "stream.h"
+
+/* The merge rule of every weights record sent and written (lora-stream(5)'s
+ * `method`): LoraHub's, ΣwA and ΣwB. */
+#define MERGE_RULE "lorahub"
 
 static const char usage_text[] =
 	"usage: lora-cmaes [-qv] [--method METHOD] [--budget N] [--sigma0 S] [--popsize N]\n"
@@ -422,6 +428,7 @@ static int evaluate_remote(struct app *a, const struct lora_optim_batch *b, size
 		ws.n = n;
 		ws.names = a->names;
 		ws.w = (double *)(b->x + i * n);
+		ws.method = (char *)MERGE_RULE;
 		ws.has_id = true;
 		ws.id = id0 + (long)i;
 		ws.loss = ws.objective = NAN;
@@ -799,6 +806,7 @@ int main(int argc, char **argv)
 	ws.n = a.n;
 	ws.names = a.names;
 	ws.w = best;
+	ws.method = (char *)MERGE_RULE;
 	ws.loss = best_loss;
 	ws.objective = res.f_best;
 	ws.has_evals = true;

@@ -14,6 +14,6 @@ _lora_eval()
 	--max-new-tokens|--icl|--max-examples)
 		return ;;
 	esac
-	COMPREPLY=($(compgen -W "--model --data --generate --max-new-tokens --predictions --icl --demos --max-examples --verbose --quiet --help --version" -- "$cur"))
+	COMPREPLY=($(compgen -W "--model --data --generate --max-new-tokens --predictions --icl --demos --max-examples --bf16 --verbose --quiet --help --version" -- "$cur"))
 }
 complete -F _lora_eval lora-eval

@@ -57,5 +57,14 @@ int lora_model_declare_linear(struct lora_model *m, const char *name, int64_t ou
 /* The current adapter's deltas on weight `name` (NULL/0 when none). */
 const struct lora_delta *lora_model_deltas(const struct lora_model *m, const char *name,
 					   int *n_deltas);
+/* A Linear with the current adapter's deltas on weight `name` (NULL or "" for
+ * none): y[T,out] = beta·y + x[T,in]·W^T (+ bias) + Σ s·(x·A^T)·B^T, beta 0
+ * or 1, W as lora_matmul's w_trans. Deltas are folded into the model's fold
+ * buffer when that pays (lora_linear_fold_pays: prompt-sized T), else applied
+ * unmerged; scratch holds T·max R floats (linear.h). Uses a buffer of the
+ * model: one call at a time per model (as the forward passes are). */
+void lora_model_linear(struct lora_model *m, const char *name, float *y, const float *x,
+		       const float *w, bool w_trans, const float *bias, int T, int in, int out,
+		       float beta, float *scratch);
 
 #endif

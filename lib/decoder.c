@@ -194,7 +194,6 @@ int lora_decoder_generate(struct lora_model *m, const int32_t *input, size_t n_i
 			  size_t max_new, int32_t *out, size_t *n_out, struct lora_err *err)
 {
 	const struct lora_decoder *d = state(m);
-	int eos = lora_model_core(m)->info.eos;
 	*n_out = 0;
 	if (n_input == 0)
 		return lora_errf(err, LORA_EINVAL, "generation needs at least one input token");
@@ -234,7 +233,7 @@ int lora_decoder_generate(struct lora_model *m, const int32_t *input, size_t n_i
 		int32_t tok = lora_argmax(lg, d->V);
 		out[(*n_out)++] = tok;
 		size_t pos = n_input + k;
-		if (tok == eos || k + 1 == max_new || pos >= cap)
+		if (lora_model_is_eos(m, tok) || k + 1 == max_new || pos >= cap)
 			break;
 		struct lora_decoder_seg s1 = {0, 1, (int)pos};
 		x = d->ops->forward(m, d, &tok, 1, &s1, 1, &c, A1);

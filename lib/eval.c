@@ -3,11 +3,11 @@
  */
 #include "eval.h"
 
-#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 struct lora_eval {
 	struct lora_model *m;
@@ -98,7 +98,9 @@ int lora_eval_new(struct lora_model *m, const struct lora_examples *ex, const ch
 	if (!ex || ex->n == 0)
 		return lora_errf(err, LORA_EINVAL, "%s: no examples", name);
 	if (!info->encoder_decoder && info->eos < 0)
-		return lora_errf(err, LORA_EINVAL, "the model has no eos_token_id in config.json");
+		return lora_errf(err, LORA_EINVAL,
+				 "the model has no eos token (neither eos_token in "
+				 "tokenizer_config.json nor eos_token_id in config.json)");
 	struct lora_eval *e = calloc(1, sizeof *e);
 	if (!e)
 		return lora_errf(err, LORA_ENOMEM, "out of memory");
@@ -165,24 +167,139 @@ fail:
 	return rc;
 }
 
+/* ---- LoraHub's answer normalisation ---- */
+
+/* The text is handled as code points; a byte that is not valid UTF-8 is kept
+ * as -1 - byte (no property, passed through). Checked against Python 3.11
+ * (Unicode 14) on every assigned code point alone and around a capital sigma;
+ * utf8proc knows Unicode 15, so code points new in 15 may differ. */
+
+/* Python's str.isspace(): bidirectional class WS, B or S, or category Zs. */
+static bool u_space(int32_t c)
+{
+	if (c < 0)
+		return false;
+	const utf8proc_property_t *p = utf8proc_get_property(c);
+	return p->category == UTF8PROC_CATEGORY_ZS || p->bidi_class == UTF8PROC_BIDI_CLASS_WS ||
+	       p->bidi_class == UTF8PROC_BIDI_CLASS_B || p->bidi_class == UTF8PROC_BIDI_CLASS_S;
+}
+
+/* Unicode's Case_Ignorable: categories Mn, Me, Cf, Lm, Sk, and Word_Break
+ * MidLetter, MidNumLet or Single_Quote (UAX #29), which utf8proc does not
+ * carry: those are the code points listed. */
+static bool u_case_ignorable(int32_t c)
+{
+	static const int32_t wb[] = {
+		0x27, 0x2E, 0x3A, 0xB7, 0x387, 0x55F, 0x5F4, 0x2018, 0x2019, 0x2024,
+		0x2027, 0xFE13, 0xFE52, 0xFE55, 0xFF07, 0xFF0E, 0xFF1A,
+	};
+	if (c < 0)
+		return false;
+	switch (utf8proc_get_property(c)->category) {
+	case UTF8PROC_CATEGORY_MN:
+	case UTF8PROC_CATEGORY_ME:
+	case UTF8PROC_CATEGORY_CF:
+	case UTF8PROC_CATEGORY_LM:
+	case UTF8PROC_CATEGORY_SK:
+		return true;
+	default:
+		break;
+	}
+	for (size_t i = 0; i < sizeof wb / sizeof wb[0]; i++)
+		if (wb[i] == c)
+			return true;
+	return false;
+}
+
+/* Unicode's Cased (Lu, Ll, Lt, Other_Lowercase, Other_Uppercase): a letter
+ * category, a case mapping, or a modifier letter/symbol whose compatibility
+ * decomposition is one cased letter (ª, ʰ, ᴬ, ₐ, ...). */
+static bool u_cased(int32_t c)
+{
+	if (c < 0)
+		return false;
+	const utf8proc_property_t *p = utf8proc_get_property(c);
+	if (p->category == UTF8PROC_CATEGORY_LU || p->category == UTF8PROC_CATEGORY_LL ||
+	    p->category == UTF8PROC_CATEGORY_LT || utf8proc_tolower(c) != c ||
+	    utf8proc_toupper(c) != c)
+		return true;
+	if (p->decomp_type == 0)
+		return false;
+	utf8proc_int32_t d[4];
+	int bound = 0;
+	utf8proc_ssize_t n = utf8proc_decompose_char(c, d, 4, UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT,
+						      &bound);
+	if (n != 1)
+		return false;
+	utf8proc_propval_t cat = utf8proc_get_property(d[0])->category;
+	return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL ||
+	       cat == UTF8PROC_CATEGORY_LT;
+}
+
+/* Python's Final_Sigma rule for U+03A3 at u[i] of u[a..b): final (ς) when a
+ * cased letter precedes it and none follows, case-ignorable code points
+ * skipped on both sides. */
+static bool final_sigma(const int32_t *u, size_t a, size_t b, size_t i)
+{
+	size_t j = i;
+	while (j > a && u_case_ignorable(u[j - 1]))
+		j--;
+	if (j == a || !u_cased(u[j - 1]))
+		return false;
+	j = i + 1;
+	while (j < b && u_case_ignorable(u[j]))
+		j++;
+	return j == b || !u_cased(u[j]);
+}
+
 char *lora_eval_normalize(const char *s)
 {
-	size_t n = strlen(s);
-	char *o = malloc(n + 1);
-	if (!o)
+	size_t n = strlen(s), nu = 0;
+	int32_t *u = malloc((n + 1) * sizeof *u);
+	char *o = malloc(4 * n + 1);
+	if (!u || !o) {
+		free(u);
+		free(o);
 		return NULL;
-	size_t k = 0;
-	for (size_t i = 0; i < n; i++)
-		if (s[i] != '.')
-			o[k++] = (char)tolower((unsigned char)s[i]);
-	o[k] = '\0';
-	size_t a = 0;
-	while (a < k && isspace((unsigned char)o[a]))
+	}
+	for (size_t i = 0; i < n;) {
+		utf8proc_int32_t c;
+		utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i,
+						      (utf8proc_ssize_t)(n - i), &c);
+		if (k <= 0) {
+			c = -1 - (unsigned char)s[i];
+			k = 1;
+		}
+		u[nu++] = c;
+		i += (size_t)k;
+	}
+	/* s.strip() */
+	size_t a = 0, b = nu;
+	while (a < b && u_space(u[a]))
 		a++;
-	while (k > a && isspace((unsigned char)o[k - 1]))
-		k--;
-	memmove(o, o + a, k - a);
-	o[k - a] = '\0';
+	while (b > a && u_space(u[b - 1]))
+		b--;
+	/* .lower(), then .replace(".", "") */
+	size_t k = 0;
+	for (size_t i = a; i < b; i++) {
+		int32_t c = u[i];
+		if (c < 0) {
+			o[k++] = (char)(-1 - c);
+			continue;
+		}
+		if (c == 0x130) {	/* the one unconditional multi-code-point lower case */
+			o[k++] = 'i';
+			c = 0x307;
+		} else if (c == 0x3A3) {
+			c = final_sigma(u, a, b, i) ? 0x3C2 : 0x3C3;
+		} else {
+			c = utf8proc_tolower(c);
+		}
+		if (c != '.')
+			k += (size_t)utf8proc_encode_char(c, (utf8proc_uint8_t *)o + k);
+	}
+	o[k] = '\0';
+	free(u);
 	return o;
 }
 

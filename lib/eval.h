@@ -8,13 +8,15 @@
  *     [decoder_start] + labels[:-1] and every label is scored.
  *   decoder-only: ids = tok(input) (with BOS when the tokenizer adds one) ++
  *     tok(output, no special tokens) ++ [eos]; only the output tokens and the
- *     eos are scored, each by the row before it.
+ *     eos are scored, each by the row before it. eos is info.eos: the
+ *     tokenizer's eos_token, else config.json's (first) eos_token_id.
  * loss = mean token cross-entropy over all scored tokens of all examples
  * (Hugging Face's loss of one padded batch); per_example = each example's own
  * mean. Examples are tokenized once, in lora_eval_new; every score reuses
  * them, and the NLL pass packs them into as few batches as the token budget
  * allows.
- * Generation: greedy, up to max_new_tokens, stopping after EOS; the
+ * Generation: greedy, up to max_new_tokens, stopping after any of
+ * info.eos_ids (generation_config.json's or config.json's eos_token_id); the
  * prediction is decode(ids, skip special). Exact match compares
  * lora_eval_normalize() of prediction and reference.
  * ICL (icl = K > 0): each input becomes K demonstrations then the input:
@@ -60,8 +62,12 @@ void lora_eval_free(struct lora_eval *e);
  * caller sets id/name and frees with lora_score_free. */
 int lora_eval_run(struct lora_eval *e, struct lora_score *s, struct lora_err *err);
 
-/* LoraHub's answer normalization: strip surrounding white space, lower case
- * (ASCII), remove every '.', strip again. Returns a malloc'd string or NULL. */
+/* LoraHub's answer normalization, Python's s.strip().lower().replace(".", "")
+ * (lorahub/algorithm.py, accuracy_score) on UTF-8: strip Unicode white space
+ * (str.isspace) at both ends, lower-case with Python's full mapping (U+0130 ->
+ * "i" U+0307, final sigma), then drop every '.' (white space it uncovers
+ * stays). Bytes that are not valid UTF-8 pass through. Returns a malloc'd
+ * string or NULL. */
 char *lora_eval_normalize(const char *s);
 /* Exact match after normalization. */
 bool lora_eval_match(const char *prediction, const char *reference);

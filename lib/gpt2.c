@@ -249,9 +249,7 @@ static void attn_unit(void *ctx, int u, int worker)
 static void lin(struct lora_model *m, const struct layer *ly, int j, float *y, const float *x,
 		int T, int in, int out, float *scratch)
 {
-	int nd;
-	const struct lora_delta *d = lora_model_deltas(m, ly->name[j], &nd);
-	lora_linear(y, x, ly->w[j], false, ly->b[j], d, nd, T, in, out, scratch);
+	lora_model_linear(m, ly->name[j], y, x, ly->w[j], false, ly->b[j], T, in, out, 0.0f, scratch);
 }
 
 /* The blocks over T packed tokens (decoder.h); the cache holds per layer

@@ -16,8 +16,11 @@
  * of those slots ("<module>.weight", or the unique declared weight whose
  * dotted name ends with it, or that it ends with: "transformer.h.0.attn.c_attn"
  * finds "h.0.attn.c_attn.weight" in a checkpoint saved without the prefix),
- * checks [out, in], and keeps f32 copies of A and B with the scale, which the
- * forward pass applies unmerged.
+ * checks [out, in], and keeps f32 copies of A and B with the scale (in one
+ * slab reused by the next adapter). The forward passes call
+ * lora_model_linear, which applies them through lib/linear.c: folded into a
+ * scratch copy of the weight for prompt-sized batches, unmerged otherwise;
+ * the mmapped base weights are never written.
  */
 #include "arch.h"
 
@@ -25,14 +28,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+
+#include "bf16.h"
+#include "linear.h"
 
 struct linear {
 	char *name;		/* weight name, "....weight" */
 	int64_t out, in;
 	bool conv1d;
 	struct lora_delta *deltas;
-	int n_deltas;
+	int n_deltas, cap_deltas;	/* deltas is kept between adapters */
 };
 
 struct converted {
@@ -55,8 +62,18 @@ struct lora_model {
 	size_t n_lins, cap_lins;
 	size_t *slots;		/* hash: index + 1 into lins, 0 = empty */
 	size_t n_slots;
-	float **factors;	/* f32 copies of the current adapter's A and B */
-	size_t n_factors;
+	/* The current adapter: f32 copies of every A and B in one slab, and
+	 * the fold buffer of lora_model_linear (the largest adapted weight);
+	 * both are kept and reused by the next adapter, so a new candidate
+	 * allocates nothing once the first has been attached. */
+	float *fslab;
+	size_t fslab_cap, fold_cap;
+	float *fold;
+	bool no_fold;		/* LORA_LINEAR_FOLD=0: deltas always unmerged */
+	int32_t *eos_ids;	/* info.eos_ids: the ids that stop generation */
+	struct lora_bf16_mat **bf16;	/* lora_model_set_bf16: packed lins[i], registered */
+	const float **bf16_key;		/* under the f32 weight's address */
+	size_t n_bf16;
 };
 
 struct lora_model_core *lora_model_core(struct lora_model *m)
@@ -271,18 +288,52 @@ const struct lora_delta *lora_model_deltas(const struct lora_model *m, const cha
 	return l && l->n_deltas ? l->deltas : NULL;
 }
 
+void lora_model_linear(struct lora_model *m, const char *name, float *y, const float *x,
+		       const float *w, bool w_trans, const float *bias, int T, int in, int out,
+		       float beta, float *scratch)
+{
+	const struct linear *l = name && name[0] ? find_linear(m, name) : NULL;
+	int nd = l ? l->n_deltas : 0;
+	lora_linear_ex(y, x, w, w_trans, bias, nd ? l->deltas : NULL, nd, T, in, out, beta, scratch,
+		       m->no_fold || (size_t)in * (size_t)out > m->fold_cap ? NULL : m->fold);
+}
+
+/* Detach the adapter, keeping the buffers for the next one. */
 static void clear_adapter(struct lora_model *m)
+{
+	for (size_t i = 0; i < m->n_lins; i++)
+		m->lins[i].n_deltas = 0;
+}
+
+/* Detach and free the adapter's buffers (lora_model_close). */
+static void release_adapter(struct lora_model *m)
 {
 	for (size_t i = 0; i < m->n_lins; i++) {
 		free(m->lins[i].deltas);
 		m->lins[i].deltas = NULL;
-		m->lins[i].n_deltas = 0;
+		m->lins[i].n_deltas = m->lins[i].cap_deltas = 0;
 	}
-	for (size_t i = 0; i < m->n_factors; i++)
-		free(m->factors[i]);
-	free(m->factors);
-	m->factors = NULL;
-	m->n_factors = 0;
+	free(m->fslab);
+	free(m->fold);
+	m->fslab = m->fold = NULL;
+	m->fslab_cap = m->fold_cap = 0;
+}
+
+/* Grow *buf to hold n floats (contents not kept); 0 or LORA_ENOMEM. */
+static int grow_floats(float **buf, size_t *cap, size_t n)
+{
+	if (n <= *cap)
+		return 0;
+	size_t bytes;
+	if (lora_size_mul(n, sizeof(float), &bytes) < 0)
+		return LORA_ENOMEM;
+	float *p = malloc(bytes);
+	if (!p)
+		return LORA_ENOMEM;
+	free(*buf);
+	*buf = p;
+	*cap = n;
+	return 0;
 }
 
 /* Whether `longer` ends with "." + `shorter` (a dotted-suffix match). */
@@ -325,45 +376,82 @@ int lora_model_set_adapter(struct lora_model *m, const struct lora_adapter *a,
 	if (!a)
 		return 0;
 	const char *an = a->name ? a->name : "(unnamed)";
-	if (!(m->factors = calloc(2 * a->n_modules + 1, sizeof *m->factors)))
+	/* resolve and check every module before attaching any */
+	struct linear **to = calloc(a->n_modules + 1, sizeof *to);
+	if (!to)
 		return lora_errf(err, LORA_ENOMEM, "out of memory");
-	for (size_t i = 0; i < a->n_modules; i++) {
+	size_t total = 0, fold = 0;
+	int rc = 0;
+	for (size_t i = 0; i < a->n_modules && !rc; i++) {
 		const struct lora_module *mod = &a->modules[i];
-		struct linear *l = resolve_module(m, mod->module);
+		struct linear *l = to[i] = resolve_module(m, mod->module);
 		if (!l) {
-			clear_adapter(m);
-			return lora_errf(err, LORA_ENOTFOUND,
-					 "adapter '%s': module '%s' is not a linear layer of this %s model",
-					 an, mod->module, m->core.info.model_type);
+			rc = lora_errf(err, LORA_ENOTFOUND,
+				       "adapter '%s': module '%s' is not a linear layer of this %s model",
+				       an, mod->module, m->core.info.model_type);
+			break;
 		}
 		int64_t r = mod->a.shape[0], in = mod->a.shape[1], out = mod->b.shape[0];
 		if (mod->a.ndim != 2 || mod->b.ndim != 2 || mod->b.shape[1] != r || in != l->in ||
 		    out != l->out) {
-			clear_adapter(m);
-			return lora_errf(err, LORA_EINVAL,
-					 "adapter '%s': module '%s' maps [in %lld] -> [out %lld], "
-					 "but the model's '%s' is %lld -> %lld (an adapter for "
-					 "another base model?)",
-					 an, mod->module, (long long)in, (long long)out, l->name,
-					 (long long)l->in, (long long)l->out);
+			rc = lora_errf(err, LORA_EINVAL,
+				       "adapter '%s': module '%s' maps [in %lld] -> [out %lld], "
+				       "but the model's '%s' is %lld -> %lld (an adapter for "
+				       "another base model?)",
+				       an, mod->module, (long long)in, (long long)out, l->name,
+				       (long long)l->in, (long long)l->out);
+			break;
 		}
-		float *fa = lora_tensor_f32(&mod->a), *fb = lora_tensor_f32(&mod->b);
-		m->factors[m->n_factors++] = fa;
-		m->factors[m->n_factors++] = fb;
-		struct lora_delta *d = realloc(l->deltas, (size_t)(l->n_deltas + 1) * sizeof *d);
-		if (d)
-			l->deltas = d;
-		if (!fa || !fb || !d) {
-			clear_adapter(m);
-			return lora_errf(err, LORA_ENOMEM, "out of memory attaching adapter '%s'", an);
+		if (r < 1 || r > INT32_MAX ||
+		    mod->a.nbytes != (size_t)(r * in) * lora_dtype_size(mod->a.dtype) ||
+		    mod->b.nbytes != (size_t)(out * r) * lora_dtype_size(mod->b.dtype)) {
+			rc = lora_errf(err, LORA_EINVAL,
+				       "adapter '%s': module '%s' has rank %lld or factor data that "
+				       "does not match its shapes",
+				       an, mod->module, (long long)r);
+			break;
 		}
-		d[l->n_deltas].r = (int)r;
-		d[l->n_deltas].scale = (float)lora_module_scale(a, mod);
-		d[l->n_deltas].a = fa;
-		d[l->n_deltas].b = fb;
-		l->n_deltas++;
+		total += (size_t)(r * (in + out));
+		fold = (size_t)(in * out) > fold ? (size_t)(in * out) : fold;
 	}
-	return 0;
+	if (!rc && grow_floats(&m->fslab, &m->fslab_cap, total) < 0)
+		rc = lora_errf(err, LORA_ENOMEM, "out of memory attaching adapter '%s'", an);
+	const char *nf = getenv("LORA_LINEAR_FOLD");
+	m->no_fold = nf && !strcmp(nf, "0");
+	/* without a fold buffer the deltas are applied unmerged: slower, same
+	 * numbers up to rounding, so a failed allocation is not an error */
+	if (!rc && !m->no_fold && grow_floats(&m->fold, &m->fold_cap, fold) < 0) {
+		free(m->fold);
+		m->fold = NULL;
+		m->fold_cap = 0;
+	}
+	float *f = m->fslab;
+	for (size_t i = 0; i < a->n_modules && !rc; i++) {
+		const struct lora_module *mod = &a->modules[i];
+		struct linear *l = to[i];
+		int r = (int)mod->a.shape[0];
+		size_t na = (size_t)r * (size_t)l->in, nb = (size_t)l->out * (size_t)r;
+		if (l->n_deltas == l->cap_deltas) {
+			int cap = l->cap_deltas ? 2 * l->cap_deltas : 2;
+			struct lora_delta *d = realloc(l->deltas, (size_t)cap * sizeof *d);
+			if (!d) {
+				rc = lora_errf(err, LORA_ENOMEM, "out of memory attaching adapter '%s'",
+					       an);
+				break;
+			}
+			l->deltas = d;
+			l->cap_deltas = cap;
+		}
+		lora_to_f32(f, mod->a.data, mod->a.dtype, na);
+		lora_to_f32(f + na, mod->b.data, mod->b.dtype, nb);
+		l->deltas[l->n_deltas++] = (struct lora_delta){
+			.r = r, .scale = (float)lora_module_scale(a, mod), .a = f, .b = f + na};
+		f += na + nb;
+	}
+	free(to);
+	if (rc)
+		clear_adapter(m);
+	return rc;
 }
 
 /* Open DIR/model.safetensors, or every shard DIR/model.safetensors.index.json
@@ -456,6 +544,79 @@ static int config_token(const struct lora_doc *cfg, const char *key)
 	return -1;
 }
 
+/* A config file of the model directory, parsed, or NULL when it is absent or
+ * unreadable (transformers then uses its defaults too). */
+static struct lora_doc *optional_config(const char *dir, const char *name)
+{
+	char *path = path_join(dir, name);
+	struct lora_doc *d = NULL;
+	if (path && file_exists(path) && lora_doc_parse_file(path, &d, NULL) == 0 &&
+	    d->type != LORA_DOC_MAP) {
+		lora_doc_free(d);
+		d = NULL;
+	}
+	free(path);
+	return d;
+}
+
+/* The id of tokenizer_config.json's eos_token ("</s>", or an AddedToken map
+ * {"content": "</s>", ...}), which is what Hugging Face's tokenizer.eos_token_id
+ * and so every label-building script appends; -1 when there is none or the
+ * tokenizer lacks it. */
+static int tokenizer_eos(const char *dir, const struct lora_tok *tok)
+{
+	struct lora_doc *tc = optional_config(dir, "tokenizer_config.json");
+	const struct lora_doc *v = tc ? lora_doc_get(tc, "eos_token") : NULL;
+	if (v && v->type == LORA_DOC_MAP)
+		v = lora_doc_get(v, "content");
+	int id = v && v->type == LORA_DOC_STRING ? lora_tok_id(tok, v->u.str.s) : -1;
+	lora_doc_free(tc);
+	return id;
+}
+
+/* info.eos_ids, the ids that end greedy generation, as transformers' generate
+ * finds them: from_pretrained replaces the model config's generation settings
+ * by generation_config.json when the directory has one, so its eos_token_id
+ * (an int or a list) wins over config.json's. When neither names any, the
+ * loss eos (info.eos, which T5 defaults to 1) stops generation alone. */
+static int load_eos_ids(struct lora_model *m, struct lora_err *err)
+{
+	struct lora_model_info *info = &m->core.info;
+	if (info->vocab > 0 && info->eos >= info->vocab)	/* a tokenizer token the model lacks */
+		info->eos = config_token(m->config, "eos_token_id");
+	struct lora_doc *gc = optional_config(m->dir, "generation_config.json");
+	const struct lora_doc *v = gc ? lora_doc_get(gc, "eos_token_id") : NULL;
+	if (!v || v->type == LORA_DOC_NULL)
+		v = lora_doc_get(m->config, "eos_token_id");
+	size_t n = v && v->type == LORA_DOC_ARRAY ? v->u.arr.n : 1;
+	m->eos_ids = malloc((n + 1) * sizeof *m->eos_ids);
+	if (!m->eos_ids) {
+		lora_doc_free(gc);
+		return lora_errf(err, LORA_ENOMEM, "out of memory");
+	}
+	size_t k = 0;
+	for (size_t i = 0; v && i < n; i++) {
+		const struct lora_doc *x = v->type == LORA_DOC_ARRAY ? &v->u.arr.items[i] : v;
+		if (x->type == LORA_DOC_INT && x->u.i >= 0 && x->u.i <= INT32_MAX)
+			m->eos_ids[k++] = (int32_t)x->u.i;
+	}
+	if (k == 0 && info->eos >= 0)
+		m->eos_ids[k++] = info->eos;
+	lora_doc_free(gc);
+	info->eos_ids = m->eos_ids;
+	info->n_eos_ids = k;
+	return 0;
+}
+
+bool lora_model_is_eos(const struct lora_model *m, int32_t tok)
+{
+	const struct lora_model_info *info = &m->core.info;
+	for (size_t i = 0; i < info->n_eos_ids; i++)
+		if (info->eos_ids[i] == tok)
+			return true;
+	return false;
+}
+
 int lora_model_open(const char *dir, struct lora_model **out, struct lora_err *err)
 {
 	*out = NULL;
@@ -515,6 +676,9 @@ int lora_model_open(const char *dir, struct lora_model **out, struct lora_err *e
 		goto fail;
 	}
 	m->decode_flags = decode_flags_of(dir, info->model_type);
+	int tok_eos = tokenizer_eos(dir, m->tok);
+	if (tok_eos >= 0)
+		info->eos = tok_eos;
 	if ((rc = open_weights(m, err)) < 0)
 		goto fail;
 	for (size_t s = 0; s < m->n_shards; s++)
@@ -526,7 +690,7 @@ int lora_model_open(const char *dir, struct lora_model **out, struct lora_err *e
 			info->n_params += n;
 			info->weight_bytes += t->nbytes;
 		}
-	if ((rc = m->arch->load(m, err)) < 0)
+	if ((rc = m->arch->load(m, err)) < 0 || (rc = load_eos_ids(m, err)) < 0)
 		goto fail;
 	*out = m;
 	return 0;
@@ -535,11 +699,67 @@ fail:
 	return rc;
 }
 
+int lora_model_set_bf16(struct lora_model *m, bool on, struct lora_err *err)
+{
+	for (size_t i = 0; i < m->n_bf16; i++) {
+		lora_bf16_unregister(m->bf16_key[i]);
+		lora_bf16_free(m->bf16[i]);
+	}
+	free(m->bf16);
+	free(m->bf16_key);
+	m->bf16 = NULL;
+	m->bf16_key = NULL;
+	m->n_bf16 = m->core.info.bf16_bytes = 0;
+	if (!on)
+		return 0;
+	if (!lora_bf16_supported())
+		return lora_errf(err, LORA_EUNSUPPORTED, "bf16: this CPU lacks AVX512-BF16");
+	m->bf16 = calloc(m->n_lins + 1, sizeof *m->bf16);
+	m->bf16_key = calloc(m->n_lins + 1, sizeof *m->bf16_key);
+	if (!m->bf16 || !m->bf16_key) {
+		lora_model_set_bf16(m, false, NULL);
+		return lora_errf(err, LORA_ENOMEM, "out of memory");
+	}
+	long page = sysconf(_SC_PAGESIZE);
+	for (size_t i = 0; i < m->n_lins; i++) {
+		const struct linear *l = &m->lins[i];
+		int64_t rows = l->conv1d ? l->in : l->out, cols = l->conv1d ? l->out : l->in;
+		const float *w = lora_model_weight(m, l->name, rows, cols, err);
+		struct lora_bf16_mat *pw = NULL;
+		int rc = w ? lora_bf16_pack_f32(w, (int)l->out, (int)l->in, !l->conv1d, &pw, err)
+			   : (err ? err->code : LORA_EINVAL);
+		if (rc >= 0 && (rc = lora_bf16_register(w, pw, err)) < 0)
+			lora_bf16_free(pw);
+		if (rc < 0) {
+			lora_model_set_bf16(m, false, NULL);
+			return lora_err_prefix(err, rc, "bf16: '%s'", l->name);
+		}
+		m->bf16[m->n_bf16] = pw;
+		m->bf16_key[m->n_bf16++] = w;
+		m->core.info.bf16_bytes += lora_bf16_bytes(pw);
+		/* the f32 pages straight from the file are not read any more:
+		 * give them back. MADV_PAGEOUT keeps the contents (a reader that
+		 * still comes faults them in again), also where st.c copied a
+		 * misaligned file to the heap, which MADV_DONTNEED would zero. */
+		const struct lora_st_tensor *t = find_tensor(m, l->name);
+		if (t && (const void *)w == t->data && page > 0) {
+			uintptr_t a = ((uintptr_t)w + page - 1) / page * page;
+			uintptr_t b = ((uintptr_t)w + (size_t)rows * cols * sizeof *w) / page * page;
+#ifdef MADV_PAGEOUT
+			if (b > a)
+				madvise((void *)a, b - a, MADV_PAGEOUT);
+#endif
+		}
+	}
+	return 0;
+}
+
 void lora_model_close(struct lora_model *m)
 {
 	if (!m)
 		return;
-	clear_adapter(m);
+	lora_model_set_bf16(m, false, NULL);
+	release_adapter(m);
 	if (m->arch && m->core.arch_state)
 		m->arch->free(m);
 	for (size_t i = 0; i < m->n_lins; i++)
@@ -555,6 +775,7 @@ void lora_model_close(struct lora_model *m)
 		lora_st_close(m->shards[i]);
 	free(m->shards);
 	lora_tok_close(m->tok);
+	free(m->eos_ids);
 	lora_doc_free(m->config);
 	free(m->dir);
 	free(m);

@@ -1,13 +1,32 @@
 /*
  * ops — numeric kernels shared by the forward passes (see ops.h).
  *
- * Matrix products: lora_gemm is the only caller of cblas_sgemm; every other
- * product (Linear layers, LoRA factors, attention) goes through it, so the
- * threading model is OpenBLAS's own (pthreads, OPENBLAS_NUM_THREADS). The one
- * exception, lora_parallel_for, never runs beside it: it sets OpenBLAS to one
- * thread while its own workers (as many as OpenBLAS had) run many small
- * independent products, the attention heads, which OpenBLAS would otherwise
- * split and synchronize one tiny call at a time. The remaining kernels
+ * Threading: one model, lorapipe's own. A persistent pool (started on the
+ * first parallel call; its size is OpenBLAS's thread count at that moment,
+ * i.e. OPENBLAS_NUM_THREADS or the CPUs) runs lora_parallel_for, and
+ * OpenBLAS is set to one thread for good when the pool is sized. lora_gemm
+ * is the only caller of cblas_sgemm; a large product (>= 2^20 multiply-adds)
+ * is split over the pool by columns of the output (rows of a Linear's
+ * weight), one single-threaded sgemm per worker, and products issued from
+ * inside a pool job (attention heads) run on the worker that issues them.
+ * Why: on SmolLM-135M shapes (5 x 200 tokens, two cores shared with other
+ * jobs; forwards of each mode interleaved in one process), the whole forward
+ * ran at 86% of OpenBLAS's own two-thread sgemm rate with this split, 77%
+ * splitting token rows instead and 68% leaving the products to OpenBLAS's
+ * threads, in the quietest run (under heavy load all three were within
+ * noise). OpenBLAS's workers spin for OPENBLAS_THREAD_TIMEOUT after each
+ * call and fight ours for the two cores during the norms, RoPE and attention
+ * in between; setting the timeout low (at load time, by re-execution) got
+ * that mode to 71-74%, no better than the split, with two thread models
+ * left. bench/bench_gemm compares the
+ * modes product by product. A side effect: direct CBLAS/LAPACK calls elsewhere
+ * (merge.c) are single-threaded once the pool is sized.
+ * Workers wait for a job by spinning briefly (bridging the serial steps
+ * between a layer's products), then sleep on a futex: an idle process uses
+ * no CPU. The pool is stopped and joined at exit; a child after fork()
+ * forgets the parent's workers and starts its own if it needs them.
+ *
+ * The remaining kernels
  * are O(T*C), or O(T^2) per head, and are written with GCC/Clang vector
  * extensions (8 floats: AVX2 under -march=x86-64-v3) so that they vectorize
  * at -O2 without -ffast-math: exp is a Cephes-style polynomial (about 2 ulp),
@@ -17,10 +36,15 @@
 #include "ops.h"
 
 #include <cblas.h>
+#include <linux/futex.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* Builds without -mavx (the fuzz build) pass these vectors in memory between
  * the static helpers below, which is fine: nothing crosses a library ABI. */
@@ -126,40 +150,171 @@ static inline v8f v_exp(v8f x)
 		}                                                 \
 	} while (0)
 
-/* ---- parallel loop over independent items (see ops.h) ---- */
+void lora_exp(float *x, size_t n)
+{
+	V_MAP(x, n, v_exp(v));
+}
+
+/* ---- the worker pool (see ops.h and the header comment) ---- */
+
+#define PAR_MAX 64
+/* Bounded spins (pause instructions) before sleeping on the futex: about
+ * 50-100 us, long enough to bridge the serial bits between two products of
+ * a layer, short enough that an idle worker leaves its core within a blink. */
+enum { SPIN_WORKER = 1 << 12, SPIN_CALLER = 1 << 14 };
 
 struct par {
 	void (*fn)(void *ctx, int i, int worker);
 	void *ctx;
-	int n;
+	int n, nw;	/* items; workers taking part (ids 0..nw-1, 0 the caller) */
 	atomic_int next;
 };
 
-struct par_worker {
-	struct par *p;
-	int id;
-};
+static struct {
+	pthread_mutex_t lock;	/* creation and teardown */
+	atomic_int nw;		/* workers including the caller; 0 before the first use */
+	int started;		/* threads running (ids 1..started) */
+	pthread_t th[PAR_MAX];
+	unsigned start_gen;	/* gen when the threads were created */
+	atomic_uint gen;	/* bumped once per job (a futex word) */
+	atomic_int pending;	/* threads that have not finished the job (a futex word) */
+	atomic_int sleepers;	/* threads asleep (or about to be) on gen */
+	atomic_int caller_sleeps;
+	atomic_int stop;
+	atomic_flag busy;	/* a job is running: nested and concurrent calls go serial */
+	struct par *job;
+	bool split_gemm;	/* large lora_gemm calls are split over the pool */
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .busy = ATOMIC_FLAG_INIT};
+
+/* The worker id of the calling thread inside a job, -1 outside. */
+static _Thread_local int cur_worker = -1;
+
+static void futex_wait(atomic_uint *addr, unsigned val)
+{
+	syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void futex_wake(void *addr, int n)
+{
+	syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
 
 static void par_run(struct par *p, int id)
 {
 	int i;
+	cur_worker = id;
 	while ((i = atomic_fetch_add(&p->next, 1)) < p->n)
 		p->fn(p->ctx, i, id);
+	cur_worker = -1;
 }
 
-static void *par_thread(void *arg)
+static void *pool_thread(void *arg)
 {
-	struct par_worker *w = arg;
-	par_run(w->p, w->id);
-	return NULL;
+	int id = (int)(intptr_t)arg;
+	unsigned seen = pool.start_gen;
+	for (;;) {
+		unsigned g;
+		int spins = 0;
+		while ((g = atomic_load(&pool.gen)) == seen) {
+			if (spins++ < SPIN_WORKER) {
+				cpu_relax();
+				continue;
+			}
+			/* Dekker with the poster: either it sees us counted here,
+			 * or we see its new gen (futex re-checks it atomically) */
+			atomic_fetch_add(&pool.sleepers, 1);
+			futex_wait(&pool.gen, seen);
+			atomic_fetch_sub(&pool.sleepers, 1);
+		}
+		seen = g;
+		if (atomic_load(&pool.stop))
+			return NULL;
+		struct par *p = pool.job;
+		if (id < p->nw)
+			par_run(p, id);
+		if (atomic_fetch_sub(&pool.pending, 1) == 1 && atomic_load(&pool.caller_sleeps))
+			futex_wake(&pool.pending, 1);
+	}
 }
 
-#define PAR_MAX 64
+static void pool_stop(void)
+{
+	pthread_mutex_lock(&pool.lock);
+	if (pool.started) {
+		atomic_store(&pool.stop, 1);
+		atomic_fetch_add(&pool.gen, 1);
+		futex_wake(&pool.gen, INT32_MAX);
+		for (int k = 1; k <= pool.started; k++)
+			pthread_join(pool.th[k], NULL);
+		pool.started = 0;
+		atomic_store(&pool.stop, 0);
+	}
+	pthread_mutex_unlock(&pool.lock);
+}
+
+/* In a child after fork() only the forking thread exists: forget the
+ * workers (they are the parent's), a later call starts new ones. */
+static void pool_atfork_child(void)
+{
+	pool.started = 0;
+	pool.lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	atomic_store(&pool.pending, 0);
+	atomic_store(&pool.sleepers, 0);
+	atomic_store(&pool.caller_sleeps, 0);
+	atomic_flag_clear(&pool.busy);
+}
+
+/* The worker count, fixed at the first call: OpenBLAS's thread count then
+ * (OPENBLAS_NUM_THREADS, or the CPUs it found). */
+static void pool_init(void)
+{
+	pthread_mutex_lock(&pool.lock);
+	if (!pool.nw) {
+		int n = openblas_get_num_threads();
+		n = n < 1 ? 1 : n > PAR_MAX ? PAR_MAX : n;
+		pool.split_gemm = n > 1;
+		if (pool.split_gemm)
+			openblas_set_num_threads(1);
+		static bool hooked;
+		if (!hooked) {
+			hooked = true;
+			pthread_atfork(NULL, NULL, pool_atfork_child);
+			atexit(pool_stop);
+		}
+		atomic_store(&pool.nw, n);
+	}
+	pthread_mutex_unlock(&pool.lock);
+}
+
+static void pool_start(void)
+{
+	pthread_mutex_lock(&pool.lock);
+	if (!pool.started) {
+		pool.start_gen = atomic_load(&pool.gen);
+		for (int k = 1; k < pool.nw; k++) {
+			if (pthread_create(&pool.th[k], NULL, pool_thread, (void *)(intptr_t)k) != 0)
+				break;	/* fewer workers: the loop still covers every i */
+			pool.started = k;
+		}
+	}
+	pthread_mutex_unlock(&pool.lock);
+}
 
 int lora_parallel_workers(void)
 {
-	int n = openblas_get_num_threads();
-	return n < 1 ? 1 : n > PAR_MAX ? PAR_MAX : n;
+	int n = atomic_load_explicit(&pool.nw, memory_order_acquire);
+	if (!n) {
+		pool_init();
+		n = atomic_load(&pool.nw);
+	}
+	return n;
 }
 
 void lora_parallel_for(int n, void (*fn)(void *ctx, int i, int worker), void *ctx)
@@ -167,33 +322,72 @@ void lora_parallel_for(int n, void (*fn)(void *ctx, int i, int worker), void *ct
 	int nw = lora_parallel_workers();
 	if (nw > n)
 		nw = n;
-	if (nw <= 1) {
+	if (nw <= 1 || cur_worker >= 0 || atomic_flag_test_and_set(&pool.busy)) {
+		/* serial: one worker, a nested call from inside a job (keeping
+		 * the caller's worker id, so per-worker scratch stays apart), or
+		 * another thread's call while a job runs */
+		int id = cur_worker >= 0 ? cur_worker : 0;
 		for (int i = 0; i < n; i++)
-			fn(ctx, i, 0);
+			fn(ctx, i, id);
 		return;
 	}
+	if (!pool.started)
+		pool_start();
+	if (nw > pool.started + 1)
+		nw = pool.started + 1;
+	/* without the split, OpenBLAS has its threads: keep the products
+	 * inside fn on the worker that calls them */
 	int saved = openblas_get_num_threads();
-	openblas_set_num_threads(1);
-	struct par p = {fn, ctx, n, 0};
-	struct par_worker w[PAR_MAX];
-	pthread_t th[PAR_MAX];
-	int started = 0;
-	for (int k = 1; k < nw; k++) {
-		w[k] = (struct par_worker){&p, k};
-		if (pthread_create(&th[k], NULL, par_thread, &w[k]) != 0)
-			break;	/* fewer workers: the loop still covers every i */
-		started = k;
-	}
+	if (saved != 1)
+		openblas_set_num_threads(1);
+	struct par p = {fn, ctx, n, nw, 0};
+	pool.job = &p;
+	atomic_store(&pool.pending, pool.started);
+	atomic_fetch_add(&pool.gen, 1);
+	if (atomic_load(&pool.sleepers))
+		futex_wake(&pool.gen, INT32_MAX);
 	par_run(&p, 0);
-	for (int k = 1; k <= started; k++)
-		pthread_join(th[k], NULL);
-	openblas_set_num_threads(saved);
+	int spins = 0, left;
+	while ((left = atomic_load(&pool.pending)) != 0) {
+		if (spins++ < SPIN_CALLER) {
+			cpu_relax();
+			continue;
+		}
+		atomic_store(&pool.caller_sleeps, 1);
+		if ((left = atomic_load(&pool.pending)) != 0)
+			futex_wait((atomic_uint *)&pool.pending, (unsigned)left);
+		atomic_store(&pool.caller_sleeps, 0);
+	}
+	if (saved != 1)
+		openblas_set_num_threads(saved);
+	atomic_flag_clear(&pool.busy);
 }
 
-void lora_exp(float *x, size_t n)
+/* ---- the sgemm wrapper ---- */
+
+/* A large product split over the pool: columns of c (rows of a [N,K]
+ * weight) in chunks whose width is a multiple of 16 (OpenBLAS's kernel
+ * width), each one single-threaded sgemm on its worker. */
+struct gemm_job {
+	bool ta, tb;
+	int M, N, K, lda, ldb, ldc, w;
+	float alpha, beta;
+	const float *a, *b;
+	float *c;
+};
+
+static void gemm_unit(void *ctx, int u, int worker)
 {
-	V_MAP(x, n, v_exp(v));
+	(void)worker;
+	const struct gemm_job *j = ctx;
+	int o = u * j->w, n = j->N - o < j->w ? j->N - o : j->w;
+	cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans, j->tb ? CblasTrans : CblasNoTrans,
+		    j->M, n, j->K, j->alpha, j->a, j->lda, j->tb ? j->b + (size_t)o * j->ldb : j->b + o,
+		    j->ldb, j->beta, j->c + o, j->ldc);
 }
+
+/* Below this many multiply-adds a product stays on the calling thread. */
+#define GEMM_SPLIT_MIN 1048576.0
 
 void lora_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *a, int lda,
 	       const float *b, int ldb, float beta, float *c, int ldc)
@@ -205,6 +399,18 @@ void lora_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *
 			for (int j = 0; j < N; j++)
 				c[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * c[(size_t)i * ldc + j];
 		return;
+	}
+	int nw = lora_parallel_workers();
+	if (pool.split_gemm && cur_worker < 0 && (double)M * N * K >= GEMM_SPLIT_MIN && N >= 32) {
+		/* one chunk per worker: every chunk packs all of op(a) again,
+		 * more chunks only cost packing */
+		struct gemm_job j = {ta, tb, M, N, K, lda, ldb, ldc, 0, alpha, beta, a, b, c};
+		j.w = ((N + nw - 1) / nw + 15) / 16 * 16;
+		int units = (N + j.w - 1) / j.w;
+		if (units > 1) {
+			lora_parallel_for(units, gemm_unit, &j);
+			return;
+		}
 	}
 	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
 		    M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);

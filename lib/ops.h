@@ -26,17 +26,26 @@ void lora_matmul_naive(float *out, const float *x, const float *w, int M, int K,
 /* The one sgemm wrapper, with strides (row-major):
  * c[M,N] = beta*c + alpha * op(a) · op(b), op(a) [M,K] (a stored [K,M] when
  * ta), op(b) [K,N] (b stored [N,K] when tb); lda/ldb/ldc are row strides in
- * floats. lora_matmul and every attention product go through it. */
+ * floats. lora_matmul and every attention product go through it. A large
+ * product called outside a parallel loop is split by columns of c over the
+ * worker pool (one single-threaded sgemm each); inside a loop it runs on the
+ * calling worker. Either way each element of c is computed the same way. */
 void lora_gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float *a, int lda,
 	       const float *b, int ldb, float beta, float *c, int ldc);
-/* Run fn(ctx, i, worker) for every i in [0, n) on up to
- * lora_parallel_workers() threads (the caller is worker 0). Meanwhile
- * OpenBLAS is set to one thread, so the products inside fn run in the worker
- * that calls them instead of waking OpenBLAS's pool; it is restored after.
- * For many small independent products (attention heads) that otherwise pay
- * OpenBLAS's per-call thread synchronization. fn must not touch shared
- * outputs other than its own rows/columns. lora_parallel_workers() is the
- * worker count (OpenBLAS's thread count); call it outside the loop. */
+/* Run fn(ctx, i, worker) for every i in [0, n) on the persistent worker pool
+ * (lora_parallel_workers() threads, the caller being worker 0); returns when
+ * every call has returned. Products inside fn run on the worker that calls
+ * them (OpenBLAS is kept at one thread). fn must not touch shared outputs
+ * other than its own rows/columns; worker (0 <= worker < the worker count)
+ * indexes per-worker scratch. A nested call (from inside fn), or a call from
+ * another thread while a loop runs, is done serially by the calling thread,
+ * with fn seeing that thread's worker index (0 outside a loop).
+ * lora_parallel_workers() is the worker count, fixed by its first call to
+ * OpenBLAS's thread count at that moment (OPENBLAS_NUM_THREADS, or the CPUs;
+ * a program that sets OpenBLAS to one thread first gets a serial pool), at
+ * most 64; that first call also sets OpenBLAS to one thread for good when
+ * there are several workers. The pool's threads sleep when idle, are joined
+ * at exit, and a child after fork() starts its own. */
 int lora_parallel_workers(void);
 void lora_parallel_for(int n, void (*fn)(void *ctx, int i, int worker), void *ctx);
 /* exp over n floats, in place (vectorized; within 2 ulp of expf). */

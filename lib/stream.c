@@ -13,15 +13,17 @@
  * current record and the start of the next (msgpack-c grows it by doubling).
  * Each record is then decoded and validated into struct lora_record (its
  * tensor data copied out); keys a kind does not define are kept as lora_doc
- * trees.
+ * trees, except those inside a tensor's {dtype, shape, data} map, which are
+ * kept as their msgpack bytes (lora_module.a_extra/b_extra) and written back
+ * after data unchanged.
  *
  * Writing. Records are packed straight into the FILE through a msgpack_packer
  * callback (tensor data is written from the caller's buffer, never copied),
  * then the FILE is flushed; the first failed write or flush is reported.
  *
- * Limits: nesting depth 32 (msgpack-c's), ext types refused, map keys in
- * free-form fields must be strings, integers must fit int64. Keys other than
- * dtype/shape/data inside a tensor's {dtype, shape, data} map are ignored.
+ * Limits: nesting depth 32 (msgpack-c's), ext types refused (except inside
+ * a tensor map's own extra keys, kept as bytes), map keys in free-form fields
+ * must be strings, integers must fit int64.
  */
 #include "stream.h"
 
@@ -350,6 +352,8 @@ static void module_free(struct lora_module *m)
 	lora_tensor_free(&m->a);
 	lora_tensor_free(&m->b);
 	lora_doc_free(m->extra);
+	lora_doc_free(m->a_extra);
+	lora_doc_free(m->b_extra);
 	memset(m, 0, sizeof *m);
 }
 
@@ -551,6 +555,10 @@ int lora_adapter_clone(struct lora_adapter *dst, const struct lora_adapter *src,
 			rc = lora_tensor_copy(&m->b, &s->b, err);
 		if (!rc)
 			rc = clone_doc(&m->extra, s->extra, err);
+		if (!rc)
+			rc = clone_doc(&m->a_extra, s->a_extra, err);
+		if (!rc)
+			rc = clone_doc(&m->b_extra, s->b_extra, err);
 	}
 	if (rc) {
 		lora_adapter_free(&a);
@@ -597,9 +605,42 @@ const struct lora_module *lora_adapter_find(const struct lora_adapter *a, const 
 /* ------------------------------------------------------------------ */
 /* decoding one record                                                  */
 
-/* {dtype, shape, data} -> owned tensor. */
+/* Add key -> the msgpack encoding of val (bin) to *extra, creating the map on
+ * first use. msgpack-c re-encodes the value in msgpack's shortest form and
+ * keeps float32 as float32, so a value as any msgpack library writes it comes
+ * out byte for byte. */
+static int raw_extra_put(struct lora_doc **extra, const msgpack_object *key,
+			 const msgpack_object *val, struct lora_err *err)
+{
+	if (!*extra) {
+		if (!(*extra = calloc(1, sizeof **extra)))
+			return lora_errf(err, LORA_ENOMEM, "out of memory");
+		lora_doc_init_map(*extra);
+	}
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	struct lora_doc v = { .type = LORA_DOC_BIN };
+	char *k = NULL;
+	int rc = LORA_ENOMEM;
+	if (msgpack_pack_object(&pk, *val) == 0 && sb.size &&
+	    (k = dup_n(key->via.str.ptr, key->via.str.size)) &&
+	    (v.u.str.s = dup_n(sb.data, sb.size))) {
+		v.u.str.len = sb.size;
+		/* lora_doc_map_put moves v in, or clears it */
+		rc = lora_doc_map_put(*extra, k, &v) ? LORA_ENOMEM : 0;
+	} else {
+		free(v.u.str.s);
+	}
+	free(k);
+	msgpack_sbuffer_destroy(&sb);
+	return rc ? lora_errf(err, LORA_ENOMEM, "out of memory") : 0;
+}
+
+/* {dtype, shape, data, ...} -> owned tensor; other keys go to *extra. */
 static int dec_tensor(const msgpack_object *o, const char *mod, const char *which,
-		      struct lora_tensor *t, struct lora_err *err)
+		      struct lora_tensor *t, struct lora_doc **extra, struct lora_err *err)
 {
 	char what[64];
 	memset(t, 0, sizeof *t);
@@ -619,6 +660,8 @@ static int dec_tensor(const msgpack_object *o, const char *mod, const char *whic
 			shape = &kv->val;
 		else if (obj_is_str(&kv->key, "data"))
 			data = &kv->val;
+		else if ((rc = raw_extra_put(extra, &kv->key, &kv->val, err)))
+			return rc;
 	}
 	if (!dt || !shape || !data)
 		return lora_errf(err, LORA_EFORMAT, "module '%s': %s has no '%s'", mod, which,
@@ -709,9 +752,9 @@ static int dec_module(const msgpack_object *o, size_t idx, const struct lora_ada
 		return lora_err_prefix(err, rc, "module '%s': ", m->module);
 	if (!a || !b)
 		return lora_errf(err, LORA_EFORMAT, "module '%s' has no '%s'", m->module, !a ? "a" : "b");
-	if ((rc = dec_tensor(a, m->module, "a", &m->a, err)))
+	if ((rc = dec_tensor(a, m->module, "a", &m->a, &m->a_extra, err)))
 		return rc;
-	return dec_tensor(b, m->module, "b", &m->b, err);
+	return dec_tensor(b, m->module, "b", &m->b, &m->b_extra, err);
 }
 
 static int dec_adapter(const msgpack_object_map *mp, struct lora_adapter *a, struct lora_err *err)
@@ -1468,9 +1511,18 @@ static bool is_map(const struct lora_doc *d)
 	return d && d->type == LORA_DOC_MAP;
 }
 
-static void pack_tensor(msgpack_packer *pk, const struct lora_tensor *t)
+/* A tensor map: dtype, shape, data, then the unknown keys read with it (see
+ * raw_extra_put), each value written as the bytes it was read as. */
+static void pack_tensor(msgpack_packer *pk, const struct lora_tensor *t,
+			const struct lora_doc *extra)
 {
-	msgpack_pack_map(pk, 3);
+	static const char *const tensor_keys[] = { "dtype", "shape", "data", NULL };
+	size_t nx = 0;
+	if (is_map(extra))
+		for (size_t i = 0; i < extra->u.map.n; i++)
+			nx += extra->u.map.vals[i].type == LORA_DOC_BIN &&
+			      !in_list(extra->u.map.keys[i], tensor_keys);
+	msgpack_pack_map(pk, 3 + nx);
 	pack_str(pk, "dtype");
 	pack_str(pk, lora_dtype_name(t->dtype));
 	pack_str(pk, "shape");
@@ -1480,6 +1532,13 @@ static void pack_tensor(msgpack_packer *pk, const struct lora_tensor *t)
 	pack_str(pk, "data");
 	msgpack_pack_bin(pk, t->nbytes);
 	msgpack_pack_bin_body(pk, t->data, t->nbytes);
+	for (size_t i = 0; nx && i < extra->u.map.n; i++) {
+		const struct lora_doc *v = &extra->u.map.vals[i];
+		if (v->type != LORA_DOC_BIN || in_list(extra->u.map.keys[i], tensor_keys))
+			continue;
+		pack_str(pk, extra->u.map.keys[i]);
+		pk->callback(pk->data, v->u.str.s, v->u.str.len);
+	}
 }
 
 static const char *const adapter_keys[] = { "kind", "name", "base", "r", "alpha", "rslora",
@@ -1520,9 +1579,9 @@ static void pack_adapter(msgpack_packer *pk, const struct lora_adapter *a)
 		pack_str(pk, "alpha");
 		msgpack_pack_double(pk, m->alpha);
 		pack_str(pk, "a");
-		pack_tensor(pk, &m->a);
+		pack_tensor(pk, &m->a, m->a_extra);
 		pack_str(pk, "b");
-		pack_tensor(pk, &m->b);
+		pack_tensor(pk, &m->b, m->b_extra);
 		pack_extra(pk, m->extra, module_keys);
 	}
 	if (is_map(a->meta)) {

@@ -29,6 +29,10 @@ struct lora_module {
 	struct lora_tensor a;	/* [r, in] */
 	struct lora_tensor b;	/* [out, r] */
 	struct lora_doc *extra;	/* unknown keys of this tensor map, or NULL */
+	/* Unknown keys of the a / b tensor maps ({dtype, shape, data, ...}), or
+	 * NULL: a map from each key to its value's msgpack encoding (bin), which
+	 * the writer appends after data byte for byte (any msgpack value). */
+	struct lora_doc *a_extra, *b_extra;
 };
 
 /* kind: adapter. Owns everything it points to. */

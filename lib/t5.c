@@ -31,9 +31,15 @@
  *
  * Memory and threads: activations live in one slab per model, kept between
  * calls (a LoraHub step repeats the same shapes) and freed with the model; it
- * is about (3 C + 4 D + 2 F) floats per packed token plus one head's L x L
- * scores. So one model must not run two forwards at once. Threads: those of
- * OpenBLAS inside every product; the other kernels are single-threaded.
+ * is about (3 C + 4 D + 2 F) floats per packed token plus, per worker, one
+ * block of attention scores (256 KB, or 64 rows of the longest sequence). So
+ * one model must not run two forwards at once. Threads: every product goes
+ * through lora_gemm (which splits the large ones over the worker pool); the
+ * rest runs on the pool too (lora_parallel_for): attention as one unit per
+ * (sequence, head) (scores, bias, mask, softmax and the product with V stay
+ * in that worker's cache), layer norms and the gated activation in row
+ * chunks. The relative position bias tables are built once per forward.
+ * -DLORA_T5_PROFILE builds print the time of each phase at exit (stderr).
  *
  * Adapters: every q, k, v, o (SelfAttention, EncDecAttention), wi / wi_0 /
  * wi_1 / wo and an untied lm_head is declared adaptable; their deltas are
@@ -365,6 +371,42 @@ static void t5_free(struct lora_model *m)
 	core->arch_state = NULL;
 }
 
+/* Phase timers for profiling builds only (-DLORA_T5_PROFILE): totals are
+ * printed to stderr at exit. Compiled out otherwise. */
+#ifdef LORA_T5_PROFILE
+#include <time.h>
+enum { P_EMB, P_NORM, P_QKV, P_ATT, P_O, P_WI, P_ACT, P_WO, P_DNORM, P_DQKV, P_DATT, P_CKV,
+       P_CATT, P_DLIN, P_DFF, P_HEAD, P_NLL, P_N };
+static const char *prof_names[P_N] = { "embed", "enc norm", "enc qkv", "enc attn", "enc o",
+	"enc wi", "enc act", "enc wo", "dec norm", "dec qkv", "dec attn", "cross kv",
+	"cross attn", "dec lin", "dec ff", "head", "nll" };
+static double prof_t[P_N], prof_last;
+static int prof_calls;
+static double prof_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static void prof_dump(void)
+{
+	double tot = 0;
+	for (int i = 0; i < P_N; i++)
+		tot += prof_t[i];
+	for (int i = 0; i < P_N; i++)
+		fprintf(stderr, "t5 prof %-10s %8.2f ms/call %5.1f%%\n", prof_names[i],
+			1e3 * prof_t[i] / prof_calls, 100 * prof_t[i] / tot);
+	fprintf(stderr, "t5 prof total      %8.2f ms/call\n", 1e3 * tot / prof_calls);
+}
+#define PROF_START() (prof_last = prof_now())
+#define PROF(p) do { double n_ = prof_now(); prof_t[p] += n_ - prof_last; prof_last = n_; } while (0)
+#define PROF_CALL() do { if (!prof_calls++) atexit(prof_dump); } while (0)
+#else
+#define PROF_START() ((void)0)
+#define PROF(p) ((void)0)
+#define PROF_CALL() ((void)0)
+#endif
+
 /* ------------------------------------------------------------------ */
 /* kernels */
 
@@ -395,7 +437,9 @@ static int rel_bucket(int rel, bool bidirectional, int nb, int maxd)
 
 /* pb[NH, nq + nk - 1]: the bias of head h for relative distance
  * d = key - query in [-(nq-1), nk-1] is pb[h * (nq+nk-1) + (nq-1) + d].
- * rel [NB, NH] is the relative_attention_bias weight. */
+ * rel [NB, NH] is the relative_attention_bias weight. The bucket of a
+ * distance does not depend on the sequence, so one table for the longest
+ * sequence of a call serves every sequence and every layer. */
 static void position_bias(float *pb, const struct t5 *t, const float *rel, bool bidirectional,
 			  int nq, int nk)
 {
@@ -407,34 +451,72 @@ static void position_bias(float *pb, const struct t5 *t, const float *rel, bool 
 	}
 }
 
-/* Attention of one sequence, every head (T5Attention, no 1/sqrt(d) scaling):
- *   out[i, h*HS..] = softmax_j(q_i,h · k_j,h + bias_h(j - (q0 + i))) · v_j,h
- * q [nq, D], k and v [nk, D], out [nq, D]: token-major rows of stride D, head
- * h in columns h*HS..h*HS+HS-1. q0 is the absolute position of query 0 (keys
- * start at 0). pb: see position_bias (pw its row width, pz the index of
- * distance 0), or NULL for no bias (cross-attention). causal: query i sees
- * keys j <= q0 + i only (HF adds finfo.min to the others: weight exactly 0).
- * S [nq, nk] is scratch. Softmax in f32 as HF does (scores.float()). */
+/* One head's attention runs in blocks of query rows whose scores [rows, nk]
+ * fit in SBLK floats (256 KB, well inside L2) but are never fewer than QB
+ * rows, so that short sequences (LoraHub's few hundred tokens) make one
+ * block and one pair of larger, faster products per head. */
+enum { QB = 64, SBLK = 1 << 16 };
+
+/* Query rows per block for nk keys. */
+static int block_rows(int nk)
+{
+	return nk > 0 && SBLK / nk > QB ? SBLK / nk : QB;
+}
+
+/* Floats of score scratch one worker needs for sequences of up to L keys. */
+static size_t block_scratch(size_t L)
+{
+	return (size_t)QB * L > SBLK ? (size_t)QB * L : SBLK;
+}
+
+/* One head of T5Attention for one sequence (no 1/sqrt(d) scaling):
+ *   out[i, :] = softmax_j(q_i · k_j + bias(j - (q0 + i))) · v_j
+ * q [nq, HS], k and v [nk, HS], out [nq, HS], rows of stride D (the head's
+ * columns of the [*, D] projections). q0 is the absolute position of query
+ * 0 (keys start at 0). pb: the head's row of a position_bias table, pz the
+ * index of distance 0 in it; NULL for no bias (cross-attention). causal:
+ * query i sees keys j <= q0 + i only (HF adds finfo.min to the others:
+ * weight exactly 0, so the keys no query of a block sees are skipped).
+ * S [block_scratch(nk)] is scratch. Softmax in f32 as HF does
+ * (scores.float()). */
+static void attend_head(float *out, const float *q, const float *k, const float *v, int D,
+			int nq, int nk, int q0, const float *pb, int pz, bool causal, int HS,
+			float *S)
+{
+	int qb = block_rows(nk);
+	for (int i0 = 0; i0 < nq; i0 += qb) {
+		int m = nq - i0 < qb ? nq - i0 : qb;
+		int kn = causal && q0 + i0 + m < nk ? q0 + i0 + m : nk;	/* keys any row sees */
+		/* the bias rows go into S first and the product adds to them
+		 * (beta = 1): q·k + bias as HF sums it, with no separate pass */
+		if (pb)
+			for (int i = 0; i < m; i++)
+				memcpy(S + (size_t)i * kn, pb + pz - (q0 + i0 + i), (size_t)kn * sizeof *S);
+		lora_gemm(false, true, m, kn, HS, 1.0f, q + (size_t)i0 * D, D, k, D, pb ? 1.0f : 0.0f,
+			  S, kn);
+		for (int i = 0; i < m; i++) {
+			float *s = S + (size_t)i * kn;
+			int qi = q0 + i0 + i;
+			int lim = causal && qi + 1 < kn ? qi + 1 : kn;
+			lora_softmax_rows(s, 1, lim);
+			for (int j = lim; j < kn; j++)
+				s[j] = 0.0f;
+		}
+		lora_gemm(false, false, m, HS, kn, 1.0f, S, kn, v, D, 0.0f, out + (size_t)i0 * D, D);
+	}
+}
+
+/* Every head of one sequence, in turn (greedy decoding's one-row steps):
+ * q [nq, D], k and v [nk, D], out [nq, D], head h in columns h*HS..; pb
+ * [NH, pw] (or NULL); the rest as attend_head. */
 static void attend(float *out, const float *q, const float *k, const float *v, int D, int nq,
 		   int nk, int q0, const float *pb, int pw, int pz, bool causal, int NH, int HS,
 		   float *S)
 {
 	for (int h = 0; h < NH; h++) {
 		size_t c = (size_t)h * HS;
-		lora_gemm(false, true, nq, nk, HS, 1.0f, q + c, D, k + c, D, 0.0f, S, nk);
-		for (int i = 0; i < nq; i++) {
-			float *s = S + (size_t)i * nk;
-			int lim = causal ? (q0 + i + 1 < nk ? q0 + i + 1 : nk) : nk;
-			if (pb) {
-				const float *b = pb + (size_t)h * pw + pz - (q0 + i);
-				for (int j = 0; j < lim; j++)
-					s[j] += b[j];
-			}
-			lora_softmax_rows(s, 1, lim);
-			for (int j = lim; j < nk; j++)
-				s[j] = 0.0f;
-		}
-		lora_gemm(false, false, nq, HS, nk, 1.0f, S, nk, v + c, D, 0.0f, out + c, D);
+		attend_head(out + c, q + c, k + c, v + c, D, nq, nk, q0,
+			    pb ? pb + (size_t)h * pw : NULL, pz, causal, HS, S);
 	}
 }
 
@@ -459,9 +541,10 @@ static void activate(enum t5_actfn act, float *x, size_t n)
 /* activations */
 
 /* Sizes of one batched forward: Te/Td packed encoder/decoder rows, Le/Ld the
- * longest input/target, R the largest adapter rank, HC head rows per chunk. */
+ * longest input/target, R the largest adapter rank, HC head rows per chunk,
+ * W the worker threads (each has its own attention scratch). */
 struct t5_shape {
-	int Te, Td, Le, Ld, R, HC;
+	int Te, Td, Le, Ld, R, HC, W;
 };
 
 /* The activation slab of one call, carved into named views. Tx = max(Te, Td). */
@@ -472,8 +555,9 @@ struct t5_act {
 	float *q, *k, *v;	/* [Tx, D]  projections (heads side by side) */
 	float *att;	/* [Tx, D]  attention output before o */
 	float *f0, *f1;	/* [Tx, F]  feed-forward hidden (wi / wi_0, wi_1) */
-	float *pb;	/* [NH, 2*max(Le,Ld)-1]  relative position bias by distance */
-	float *S;	/* [max(Le,Ld), max(Le,Ld)]  attention scores of one head */
+	float *pbe;	/* [NH, 2*Le-1]  encoder relative position bias by distance */
+	float *pbd;	/* [NH, 2*Ld-1]  decoder relative position bias by distance */
+	float *S;	/* [W][block_scratch(max(Le,Ld))]  attention scores of a block */
 	float *lr;	/* [Tx, R]  LoRA scratch (x · A^T) */
 	float *logits;	/* [HC, V]  a chunk of head rows */
 };
@@ -501,8 +585,9 @@ static size_t act_layout(struct t5_act *a, float *base, const struct t5 *t,
 	VIEW(att, Tx * D);
 	VIEW(f0, Tx * F);
 	VIEW(f1, t->gated ? Tx * F : 0);
-	VIEW(pb, (size_t)t->NH * (2 * L - 1));
-	VIEW(S, L * L);
+	VIEW(pbe, (size_t)t->NH * (2 * (size_t)s->Le - 1));
+	VIEW(pbd, s->Ld > 0 ? (size_t)t->NH * (2 * (size_t)s->Ld - 1) : 0);
+	VIEW(S, (size_t)(s->W > 0 ? s->W : 1) * block_scratch(L));
 	VIEW(lr, Tx * (size_t)(s->R > 0 ? s->R : 1));
 	VIEW(logits, (size_t)s->HC * (size_t)t->V);
 #undef VIEW
@@ -536,9 +621,7 @@ struct t5_run {
 /* y[T, out] = x[T, in] · W^T + the adapter's deltas on this weight. */
 static void lin(struct t5_run *r, const struct t5_lin *l, float *y, const float *x, int T)
 {
-	int n = 0;
-	const struct lora_delta *d = l->name[0] ? lora_model_deltas(r->m, l->name, &n) : NULL;
-	lora_linear(y, x, l->w, true, NULL, d, n, T, l->in, l->out, r->a.lr);
+	lora_model_linear(r->m, l->name, y, x, l->w, true, NULL, T, l->in, l->out, 0.0f, r->a.lr);
 }
 
 /* resid[T, out] += x[T, in] · W^T + the deltas: a sub-layer's output added
@@ -547,13 +630,7 @@ static void lin(struct t5_run *r, const struct t5_lin *l, float *y, const float 
  * the residual; the difference is float32 rounding. */
 static void lin_acc(struct t5_run *r, const struct t5_lin *l, float *resid, const float *x, int T)
 {
-	int n = 0;
-	const struct lora_delta *d = l->name[0] ? lora_model_deltas(r->m, l->name, &n) : NULL;
-	lora_matmul(resid, x, l->w, T, l->in, l->out, true, 1.0f, 1.0f);
-	for (int i = 0; i < n; i++) {
-		lora_matmul(r->a.lr, x, d[i].a, T, l->in, d[i].r, true, 1.0f, 0.0f);
-		lora_matmul(resid, r->a.lr, d[i].b, T, d[i].r, l->out, true, d[i].scale, 1.0f);
-	}
+	lora_model_linear(r->m, l->name, resid, x, l->w, true, NULL, T, l->in, l->out, 1.0f, r->a.lr);
 }
 
 static int lin_rank(const struct lora_model *m, const struct t5_lin *l)
@@ -583,21 +660,94 @@ static int max_rank(const struct lora_model *m, const struct t5 *t)
 	return R;
 }
 
+/* ---- the O(T*C) steps between the products, on the worker pool ---- */
+
+/* Below this many rows a row-chunked step runs on the calling thread. */
+enum { ROWS_MIN_T = 32 };
+
+enum { RW_NORM, RW_ACT };
+
+/* One row-chunked step: RW_NORM out[T, C] = rmsnorm(x) * weight (times
+ * scale when scale != 1); RW_ACT f0[T, F] = act(f0) (* f1 when gated). */
+struct rows_job {
+	const struct t5 *t;
+	int kind, T, rows;	/* rows per unit */
+	float *out;
+	const float *x, *w;
+	float scale;
+	float *f0;
+	const float *f1;
+};
+
+static void rows_unit(void *ctx, int u, int worker)
+{
+	(void)worker;
+	struct rows_job *j = ctx;
+	const struct t5 *t = j->t;
+	int t0 = u * j->rows, n = j->T - t0 < j->rows ? j->T - t0 : j->rows;
+	if (j->kind == RW_NORM) {
+		size_t o = (size_t)t0 * t->C;
+		lora_rmsnorm(j->out + o, j->x + o, j->w, n, t->C, t->eps);
+		if (j->scale != 1.0f)
+			for (size_t i = o; i < o + (size_t)n * t->C; i++)
+				j->out[i] *= j->scale;
+		return;
+	}
+	/* act(f0) * f1 in pieces that stay in L1 (one pass over memory) */
+	size_t o = (size_t)t0 * t->F, cnt = (size_t)n * t->F;
+	float *f0 = j->f0 + o;
+	const float *f1 = j->f1 ? j->f1 + o : NULL;
+	for (size_t i0 = 0; i0 < cnt; i0 += 1024) {
+		size_t k = cnt - i0 < 1024 ? cnt - i0 : 1024;
+		activate(t->act, f0 + i0, k);
+		if (f1)
+			for (size_t i = i0; i < i0 + k; i++)
+				f0[i] *= f1[i];
+	}
+}
+
+/* Run one row-chunked step over j->T rows (a few units per worker). */
+static void rows_run(struct rows_job *j)
+{
+	int nu = 1;
+	if (j->T >= ROWS_MIN_T) {
+		nu = 4 * lora_parallel_workers();
+		nu = nu > j->T ? j->T : nu;
+	}
+	j->rows = (j->T + nu - 1) / nu;
+	nu = (j->T + j->rows - 1) / j->rows;
+	if (nu <= 1) {
+		rows_unit(j, 0, 0);
+		return;
+	}
+	lora_parallel_for(nu, rows_unit, j);
+}
+
+/* out[T, C] = T5LayerNorm(x) with weight w (times scale). */
+static void norm_rows(const struct t5 *t, float *out, const float *x, const float *w, int T,
+		      float scale)
+{
+	struct rows_job j = { .t = t, .kind = RW_NORM, .T = T, .out = out, .x = x, .w = w,
+			      .scale = scale };
+	rows_run(&j);
+}
+
 /* x[T, C] += the feed-forward sub-layer (T5DenseActDense /
  * T5DenseGatedActDense) of xn[T, C]:  wo(act(wi(xn)))  or
  * wo(act(wi_0(xn)) * wi_1(xn)). */
 static void ffn(struct t5_run *r, const struct t5_block *b, float *x, const float *xn, int T)
 {
 	const struct t5 *t = r->t;
-	size_t n = (size_t)T * t->F;
 	lin(r, &b->wi, r->a.f0, xn, T);
-	activate(t->act, r->a.f0, n);
-	if (t->gated) {
+	if (t->gated)
 		lin(r, &b->wi1, r->a.f1, xn, T);
-		for (size_t i = 0; i < n; i++)
-			r->a.f0[i] *= r->a.f1[i];
-	}
+	PROF(P_WI);
+	struct rows_job j = { .t = t, .kind = RW_ACT, .T = T, .f0 = r->a.f0,
+			      .f1 = t->gated ? r->a.f1 : NULL };
+	rows_run(&j);
+	PROF(P_ACT);
 	lin_acc(r, &b->wo, x, r->a.f0, T);
+	PROF(P_WO);
 }
 
 /* A batch of sequences packed row after row. */
@@ -607,34 +757,96 @@ struct t5_batch {
 	int *eo, *dof;	/* [n] first encoder / decoder row of each sequence */
 };
 
+/* ---- attention of a whole batch, one (sequence, head) per unit ---- */
+
+enum { ATT_ENC, ATT_DEC, ATT_CROSS };
+
+struct att_job {
+	const struct t5 *t;
+	const struct t5_batch *bt;
+	struct t5_act *a;
+	int kind;
+	const float *k, *v;	/* keys/values: a->k, a->v (packed like q or like enc) */
+	int Le, Ld;		/* the bias tables' longest sequences */
+	size_t S_stride;	/* floats of scratch per worker */
+};
+
+static void att_unit(void *ctx, int u, int worker)
+{
+	struct att_job *j = ctx;
+	const struct t5 *t = j->t;
+	int e = u / t->NH, h = u % t->NH, D = t->D, HS = t->HS;
+	const struct lora_seq *sq = &j->bt->seqs[e];
+	size_t c = (size_t)h * HS;
+	int nq, nk, pz = 0;
+	size_t qo, ko;
+	const float *pb = NULL;
+	if (j->kind == ATT_ENC) {
+		nq = nk = (int)sq->n_input;
+		qo = ko = (size_t)j->bt->eo[e] * D;
+		pb = j->a->pbe + (size_t)h * (2 * j->Le - 1);
+		pz = j->Le - 1;
+	} else {
+		nq = (int)sq->n_target;
+		qo = (size_t)j->bt->dof[e] * D;
+		if (j->kind == ATT_DEC) {
+			nk = nq;
+			ko = qo;
+			pb = j->a->pbd + (size_t)h * (2 * j->Ld - 1);
+			pz = j->Ld - 1;
+		} else {
+			nk = (int)sq->n_input;
+			ko = (size_t)j->bt->eo[e] * D;
+		}
+	}
+	if (nq == 0)
+		return;
+	attend_head(j->a->att + qo + c, j->a->q + qo + c, j->k + ko + c, j->v + ko + c, D, nq, nk,
+		    0, pb, pz, j->kind == ATT_DEC, HS, j->a->S + (size_t)worker * j->S_stride);
+}
+
+/* a->att = attention of every sequence of the batch: kind ATT_ENC (self,
+ * bidirectional, encoder bias), ATT_DEC (self, causal, decoder bias) or
+ * ATT_CROSS (decoder queries over the encoder's keys/values, no bias). */
+static void attend_all(struct t5_run *r, const struct t5_batch *bt, const struct t5_shape *s,
+		       int kind)
+{
+	size_t L = (size_t)(s->Le > s->Ld ? s->Le : s->Ld);
+	struct att_job j = { r->t, bt, &r->a, kind, r->a.k, r->a.v, s->Le, s->Ld,
+			     block_scratch(L) };
+	lora_parallel_for(bt->n * r->t->NH, att_unit, &j);
+}
+
 /* The encoder over the packed inputs: a.enc[Te, C] = final_norm(blocks(embed)). */
 static void encode(struct t5_run *r, const struct t5_batch *bt, const struct t5_shape *s)
 {
 	const struct t5 *t = r->t;
 	struct t5_act *a = &r->a;
-	int T = s->Te, C = t->C, D = t->D, HS = t->HS;
+	int T = s->Te, C = t->C;
 	for (int e = 0; e < bt->n; e++)
 		for (size_t i = 0; i < bt->seqs[e].n_input; i++)
 			memcpy(a->x + (size_t)(bt->eo[e] + (int)i) * C,
 			       t->embed + (size_t)bt->seqs[e].input[i] * C, (size_t)C * sizeof(float));
+	position_bias(a->pbe, t, t->rel_enc, true, s->Le, s->Le);
+	PROF(P_EMB);
 	for (int l = 0; l < t->n_enc; l++) {
 		const struct t5_block *b = &t->enc[l];
-		lora_rmsnorm(a->xn, a->x, b->ln_sa, T, C, t->eps);
+		norm_rows(t, a->xn, a->x, b->ln_sa, T, 1.0f);
+		PROF(P_NORM);
 		lin(r, &b->q, a->q, a->xn, T);
 		lin(r, &b->k, a->k, a->xn, T);
 		lin(r, &b->v, a->v, a->xn, T);
-		for (int e = 0; e < bt->n; e++) {
-			int n = (int)bt->seqs[e].n_input;
-			size_t o = (size_t)bt->eo[e] * D;
-			position_bias(a->pb, t, t->rel_enc, true, n, n);
-			attend(a->att + o, a->q + o, a->k + o, a->v + o, D, n, n, 0, a->pb, 2 * n - 1,
-			       n - 1, false, t->NH, HS, a->S);
-		}
+		PROF(P_QKV);
+		attend_all(r, bt, s, ATT_ENC);
+		PROF(P_ATT);
 		lin_acc(r, &b->o, a->x, a->att, T);
-		lora_rmsnorm(a->xn, a->x, b->ln_ff, T, C, t->eps);
+		PROF(P_O);
+		norm_rows(t, a->xn, a->x, b->ln_ff, T, 1.0f);
+		PROF(P_NORM);
 		ffn(r, b, a->x, a->xn, T);
 	}
-	lora_rmsnorm(a->enc, a->x, t->ln_enc, T, C, t->eps);
+	norm_rows(t, a->enc, a->x, t->ln_enc, T, 1.0f);
+	PROF(P_NORM);
 }
 
 /* The decoder over the packed, shifted targets ([start] + target[:-1] per
@@ -643,7 +855,7 @@ static void decode(struct t5_run *r, const struct t5_batch *bt, const struct t5_
 {
 	const struct t5 *t = r->t;
 	struct t5_act *a = &r->a;
-	int T = s->Td, Te = s->Te, C = t->C, D = t->D, HS = t->HS;
+	int T = s->Td, Te = s->Te, C = t->C;
 	for (int e = 0; e < bt->n; e++) {
 		const struct lora_seq *q = &bt->seqs[e];
 		for (size_t i = 0; i < q->n_target; i++) {
@@ -652,47 +864,37 @@ static void decode(struct t5_run *r, const struct t5_batch *bt, const struct t5_
 			       (size_t)C * sizeof(float));
 		}
 	}
+	position_bias(a->pbd, t, t->rel_dec, false, s->Ld, s->Ld);
+	PROF(P_EMB);
 	for (int l = 0; l < t->n_dec; l++) {
 		const struct t5_block *b = &t->dec[l];
 		/* causal self-attention with the decoder's relative bias */
-		lora_rmsnorm(a->xn, a->x, b->ln_sa, T, C, t->eps);
+		norm_rows(t, a->xn, a->x, b->ln_sa, T, 1.0f);
+		PROF(P_DNORM);
 		lin(r, &b->q, a->q, a->xn, T);
 		lin(r, &b->k, a->k, a->xn, T);
 		lin(r, &b->v, a->v, a->xn, T);
-		for (int e = 0; e < bt->n; e++) {
-			int n = (int)bt->seqs[e].n_target;
-			if (n == 0)
-				continue;
-			size_t o = (size_t)bt->dof[e] * D;
-			position_bias(a->pb, t, t->rel_dec, false, n, n);
-			attend(a->att + o, a->q + o, a->k + o, a->v + o, D, n, n, 0, a->pb, 2 * n - 1,
-			       n - 1, true, t->NH, HS, a->S);
-		}
+		PROF(P_DQKV);
+		attend_all(r, bt, s, ATT_DEC);
+		PROF(P_DATT);
 		lin_acc(r, &b->o, a->x, a->att, T);
 		/* cross-attention over the encoder output, no position bias */
-		lora_rmsnorm(a->xn, a->x, b->ln_ca, T, C, t->eps);
+		norm_rows(t, a->xn, a->x, b->ln_ca, T, 1.0f);
 		lin(r, &b->cq, a->q, a->xn, T);
+		PROF(P_DLIN);
 		lin(r, &b->ck, a->k, a->enc, Te);
 		lin(r, &b->cv, a->v, a->enc, Te);
-		for (int e = 0; e < bt->n; e++) {
-			int nq = (int)bt->seqs[e].n_target, nk = (int)bt->seqs[e].n_input;
-			if (nq == 0)
-				continue;
-			size_t qo = (size_t)bt->dof[e] * D, ko = (size_t)bt->eo[e] * D;
-			attend(a->att + qo, a->q + qo, a->k + ko, a->v + ko, D, nq, nk, 0, NULL, 0, 0,
-			       false, t->NH, HS, a->S);
-		}
+		PROF(P_CKV);
+		attend_all(r, bt, s, ATT_CROSS);
+		PROF(P_CATT);
 		lin_acc(r, &b->co, a->x, a->att, T);
-		lora_rmsnorm(a->xn, a->x, b->ln_ff, T, C, t->eps);
+		norm_rows(t, a->xn, a->x, b->ln_ff, T, 1.0f);
+		PROF(P_DLIN);
 		ffn(r, b, a->x, a->xn, T);
+		PROF(P_DFF);
 	}
-	lora_rmsnorm(a->xn, a->x, t->ln_dec, T, C, t->eps);
-	if (t->tied) {
-		/* HF: sequence_output * (model_dim ** -0.5) before the tied head */
-		float sc = (float)(1.0 / sqrt((double)C));
-		for (size_t i = 0; i < (size_t)T * C; i++)
-			a->xn[i] *= sc;
-	}
+	/* HF: sequence_output * (model_dim ** -0.5) before the tied head */
+	norm_rows(t, a->xn, a->x, t->ln_dec, T, t->tied ? (float)(1.0 / sqrt((double)C)) : 1.0f);
 }
 
 /* Check the sequences of a call (non-empty input, ids in range). */
@@ -743,6 +945,7 @@ static int forward(struct lora_model *m, const struct lora_seq *seqs, int n, flo
 			s.Ld = (int)seqs[e].n_target;
 	}
 	s.R = max_rank(m, t);
+	s.W = lora_parallel_workers();
 	s.HC = s.Td < 64 ? s.Td : 64;
 	if (s.HC < 1)
 		s.HC = 1;
@@ -754,15 +957,19 @@ static int forward(struct lora_model *m, const struct lora_seq *seqs, int n, flo
 				 s.Te, s.Td);
 	}
 	act_layout(&r.a, slab, t, &s);
+	PROF_CALL();
+	PROF_START();
 	encode(&r, &bt, &s);
 	if (s.Td > 0)
 		decode(&r, &bt, &s);
+	PROF(P_DLIN);
 	/* the head, HC rows at a time: logits = xn · W^T (+ lm_head deltas) */
 	int e = 0;
 	for (int row = 0; row < s.Td; row += s.HC) {
 		int rows = s.Td - row < s.HC ? s.Td - row : s.HC;
 		float *lg = logits ? logits + (size_t)row * t->V : r.a.logits;
 		lin(&r, &t->head, lg, r.a.xn + (size_t)row * t->C, rows);
+		PROF(P_HEAD);
 		if (!nll)
 			continue;
 		for (int i = 0; i < rows; i++) {
@@ -771,6 +978,7 @@ static int forward(struct lora_model *m, const struct lora_seq *seqs, int n, flo
 				e++;
 			nll[g] = lora_nll_row(lg + (size_t)i * t->V, t->V, seqs[e].target[g - bt.dof[e]]);
 		}
+		PROF(P_NLL);
 	}
 	free(offs);
 	return 0;
@@ -868,7 +1076,8 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 	if (max_new > (1u << 20))
 		return lora_errf(err, LORA_EINVAL, "t5: max_new_tokens %zu is too large", max_new);
 	int Te = (int)n_input, Tn = (int)max_new, C = t->C, D = t->D, HS = t->HS, NH = t->NH;
-	struct t5_shape s = { .Te = Te, .Td = 0, .Le = Te, .Ld = Tn, .R = max_rank(m, t), .HC = 1 };
+	struct t5_shape s = { .Te = Te, .Td = 0, .Le = Te, .Ld = Tn, .R = max_rank(m, t), .HC = 1,
+			      .W = lora_parallel_workers() };
 	int zero = 0;
 	struct t5_batch bt = { &seq, 1, &zero, &zero };
 	struct t5_run r = { m, t, { 0 } };
@@ -940,7 +1149,7 @@ static int t5_generate(struct lora_model *m, const int32_t *input, size_t n_inpu
 		lin(&r, &t->head, g.logits, g.xn, 1);
 		tok = lora_argmax(g.logits, t->V);
 		out[n++] = tok;
-		if (tok == t->eos)
+		if (lora_model_is_eos(m, tok))
 			break;
 	}
 	*n_out = n;

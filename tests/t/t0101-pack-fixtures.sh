@@ -4,7 +4,7 @@
 # ".lora_A.<adapter>.weight" key form; dtype conversion; unknown keys.
 . "$(dirname "$0")/lib.sh"
 PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-ST="$PY $TOP/tests/t/lora_st.py"
+ST="$PY $TOP/tests/t/lorapy.py"
 FX=$TRASH_ROOT/fx
 KINDS="mixed rslora bf16 oldkeys"
 for k in $KINDS; do $ST fixture "$FX/$k" $k || exit 1; done
@@ -53,11 +53,11 @@ test_expect_success 'unknown keys survive a pass-through (record, module, weight
 	  {\"kind\": \"score\", \"loss\": nan, \"tokens\": 3, \"examples\": 1, \"scorer\": \"py\"},
 	  {\"kind\": \"note\", \"text\": \"hi\", \"n\": -5}]" &&
 	lora-pack in.lora > out.lora && $ST dump out.lora > dump &&
-	grep -q "'"'"'zz_top'"'"': \[1, '"'"'two'"'"'\]" dump &&
-	grep -q "'"'"'mod_note'"'"': '"'"'kept'"'"'" dump &&
-	grep -q "'"'"'trace'"'"': {'"'"'gen'"'"': 3}" dump &&
-	grep -q "'"'"'scorer'"'"': '"'"'py'"'"'" dump &&
-	grep -q "'"'"'kind'"'"': '"'"'note'"'"', '"'"'text'"'"': '"'"'hi'"'"', '"'"'n'"'"': -5" dump &&
+	grep -q "\"zz_top\": \[1, \"two\"\]" dump &&
+	grep -q "\"mod_note\": \"kept\"" dump &&
+	grep -q "\"trace\": {\"gen\": 3}" dump &&
+	grep -q "\"scorer\": \"py\"" dump &&
+	grep -q "\"kind\": \"note\", \"text\": \"hi\", \"n\": -5" dump &&
 	lora-pack out.lora | cmp - out.lora
 '
 

@@ -3,7 +3,7 @@
 # method end to end, meta.merge, and the error cases with their messages. The
 # math of each method is checked against naive dense references in
 # tests/unit/test_merge.c; here the merged adapter is folded by lora-apply and
-# compared with a float64 fold of the source adapters (tests/t/t03-lib.py).
+# compared with a float64 fold of the source adapters (tests/t/lorapy.py).
 . "$(dirname "$0")/lib.sh"
 PY=/usr/bin/python3
 if ! $PY -c 'import numpy' 2>/dev/null; then
@@ -11,7 +11,7 @@ if ! $PY -c 'import numpy' 2>/dev/null; then
 	test_done
 	exit
 fi
-L="$PY $TOP/tests/t/t03-lib.py"
+L="$PY $TOP/tests/t/lorapy.py"
 FX=$TRASH_ROOT/fx
 # a1 and a3 have equal ranks per module (lorahub works); a2 does not.
 # a3 covers only q_proj/v_proj: the modules overlap partially.
@@ -47,14 +47,14 @@ test_expect_success 'svd at full rank equals linear' '
 test_expect_success 'svd truncation reports its error with -v' '
 	lora-pack "$FX"/a1 "$FX"/a2 | lora-merge -w 0.6,-0.9 --method svd --rank 2 -v > m.lora 2> err &&
 	test_grep "q_proj.: rank 2 of 6, relative Frobenius error" err &&
-	$L dump < m.lora > d &&
+	$L dump --sort-keys < m.lora > d &&
 	test_grep "\"shape\": \[2, 48\]" d
 '
 
 test_expect_success 'weights records: one merged adapter each, names, meta.merge, warning' '
 	{ lora-pack "$FX"/a1 "$FX"/a3; $L weights a1=0.5,a3=-1 --id 7; $L weights a3=1; } |
 		lora-merge > m.lora 2> err &&
-	$L dump < m.lora > d &&
+	$L dump --sort-keys < m.lora > d &&
 	test $(wc -l < d) = 2 &&
 	test_grep "\"name\": \"merge-lorahub-7\"" d &&
 	test_grep "\"name\": \"merge-lorahub-2\"" d &&
@@ -65,10 +65,10 @@ test_expect_success 'weights records: one merged adapter each, names, meta.merge
 
 test_expect_success 'the weights record method is used; --method overrides it; --name' '
 	{ lora-pack "$FX"/a1 "$FX"/a2; $L weights a1=1,a2=1 --method linear; } | lora-merge > m.lora &&
-	$L dump < m.lora | grep -q "\"method\": \"linear\"" &&
+	$L dump --sort-keys < m.lora | grep -q "\"method\": \"linear\"" &&
 	{ lora-pack "$FX"/a1 "$FX"/a2; $L weights a1=1,a2=1 --method lorahub; } |
 		lora-merge --method svd --name mine > m.lora &&
-	$L dump < m.lora > d && test_grep "\"method\": \"svd\"" d && test_grep "\"name\": \"mine\"" d
+	$L dump --sort-keys < m.lora > d && test_grep "\"method\": \"svd\"" d && test_grep "\"name\": \"mine\"" d
 '
 
 test_expect_success '--config: method, weights by name, parameters; the command line overrides' '
@@ -81,26 +81,26 @@ test_expect_success '--config: method, weights by name, parameters; the command 
 	  rank: 2
 	EOT
 	lora-pack "$FX"/a1 "$FX"/a2 | lora-merge --config cfg.yaml > m.lora &&
-	$L dump < m.lora > d &&
+	$L dump --sort-keys < m.lora > d &&
 	test_grep "\"params\": {\"rank\": 2}" d && test_grep "\"a2\": -0.25" d &&
 	test_grep "\"shape\": \[2, 48\]" d &&
 	lora-pack "$FX"/a1 "$FX"/a2 | lora-merge --config cfg.yaml --rank 3 --method linear > m.lora &&
-	$L dump < m.lora > d && test_grep "\"method\": \"linear\"" d
+	$L dump --sort-keys < m.lora > d && test_grep "\"method\": \"linear\"" d
 '
 
 test_expect_success '--method mean needs no weights (AdapterSoup)' '
 	lora-pack "$FX"/a1 "$FX"/a3 | lora-merge --method mean > m.lora &&
-	$L dump < m.lora > d && test_grep "\"weights\": {\"a1\": 0.5, \"a3\": 0.5}" d
+	$L dump --sort-keys < m.lora > d && test_grep "\"weights\": {\"a1\": 0.5, \"a3\": 0.5}" d
 '
 
 test_expect_success 'ties, dare and magnitude run and refactor to --rank' '
 	for m in ties dare magnitude; do
 		lora-pack "$FX"/a1 "$FX"/a2 "$FX"/a3 |
 			lora-merge -w 0.5,0.8,-0.3 --method $m --density 0.4 --rank 3 --seed 5 --sign frequency > m.lora &&
-		$L dump < m.lora > d && test_grep "\"shape\": \[3, 48\]" d &&
+		$L dump --sort-keys < m.lora > d && test_grep "\"shape\": \[3, 48\]" d &&
 		test_grep "\"method\": \"$m\"" d || return 1
 	done &&
-	$L dump < m.lora | grep -q "\"params\": {\"density\": 0.4, \"rank\": 3}"
+	$L dump --sort-keys < m.lora | grep -q "\"params\": {\"density\": 0.4, \"rank\": 3}"
 '
 
 test_expect_success 'lorahub refuses unequal ranks and suggests linear' '
@@ -160,7 +160,7 @@ test_expect_success 'the EXAMPLES of lora-merge(1) run' '
 	test -f out/merge-svd/adapter_model.safetensors && test_grep "relative Frobenius error" err &&
 	printf "method: ties\nweights: {a: 0.6, b: -0.2}\nparameters: {density: 0.5, rank: 8, seed: 1, sign: total}\n" > ties.yaml &&
 	lora-pack a/ b/ | lora-merge --config ties.yaml > ties.lora &&
-	$L dump < ties.lora | grep -q "\"params\": {\"density\": 0.5, \"rank\": 8, \"sign\": \"total\"}"
+	$L dump --sort-keys < ties.lora | grep -q "\"params\": {\"density\": 0.5, \"rank\": 8, \"sign\": \"total\"}"
 '
 
 if command -v script > /dev/null; then

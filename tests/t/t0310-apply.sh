@@ -1,7 +1,7 @@
 #!/bin/sh
 # t0310 — lora-apply folds adapters into generated Llama-, T5- and GPT-2-shaped
 # bases (f32, bf16, f16; single file and shards) exactly as a float64 naive
-# fold says (tests/t/t03-lib.py check-fold: f32 rounding, or one ulp for
+# fold says (tests/t/lorapy.py check-fold: f32 rounding, or one ulp for
 # bf16/f16; untouched tensors and non-weight files byte-identical), matches
 # PEFT's merge_and_unload goldens (golden/fold/, README §5), and reports
 # module errors before writing anything.
@@ -12,7 +12,7 @@ if ! $PY -c 'import numpy' 2>/dev/null; then
 	test_done
 	exit
 fi
-L="$PY $TOP/tests/t/t03-lib.py"
+L="$PY $TOP/tests/t/lorapy.py"
 FX=$TRASH_ROOT/fx
 $L batch <<EOT || exit 1
 gen-model $FX/llama --arch llama

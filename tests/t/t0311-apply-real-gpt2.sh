@@ -11,7 +11,7 @@ if ! $PY -c 'import numpy' 2>/dev/null; then
 elif ! need_shared gpt2-lora-quotes gpt2-lora-tigrinya; then
 	test_skip 'real GPT-2 adapters' 'LORA_SHARED gpt2-lora-* not found'
 else
-	L="$PY $TOP/tests/t/t03-lib.py"
+	L="$PY $TOP/tests/t/lorapy.py"
 	$L gen-model "$TRASH_ROOT"/base --arch gpt2-small-lora --dtype f16 || exit 1
 	test_expect_success 'real GPT-2 adapters folded into a GPT-2-small-shaped Conv1D base' '
 		Q=$LORA_SHARED/gpt2-lora-quotes T=$LORA_SHARED/gpt2-lora-tigrinya &&

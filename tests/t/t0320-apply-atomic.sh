@@ -11,7 +11,7 @@ if ! $PY -c 'import numpy' 2>/dev/null; then
 	test_done
 	exit
 fi
-L="$PY $TOP/tests/t/t03-lib.py"
+L="$PY $TOP/tests/t/lorapy.py"
 FX=$TRASH_ROOT/fx
 $L batch <<EOT || exit 1
 gen-model $FX/llama --arch llama --shards 2

@@ -2,10 +2,12 @@
 # t0400 — lora-eval against the Hugging Face goldens (golden/README.md §3):
 # the base loss of every golden model from an empty stream, each adapter of a
 # packed pool scored alone, a weights record merged by the LoraHub rule, the
-# greedy generations, and the other example formats.
+# greedy generations, and the other example formats. Each check runs
+# lora-eval, then one lorapy.py check-scores for all its comparisons; the
+# largest relative difference is printed under the check's line.
 . "$(dirname "$0")/lib.sh"
 PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/t04-lib.py"
+LIB="$PY $TOP/tests/t/lorapy.py"
 
 if ! need_shared golden stories260K-hf; then
 	test_skip 'lora-eval goldens' 'LORA_SHARED not set'
@@ -22,74 +24,61 @@ mdir() {
 	esac
 }
 
+# test_expect_success, then the "# max rel diff" line check-scores printed
+expect_golden() {
+	test_expect_success "$@"
+	grep '^# max rel diff' "$TRASH_ROOT/$test_count.out" || :
+}
+
 for m in stories260K llama-tiny gpt2-tiny t5-tiny t5-tiny-v1; do
-	test_expect_success "$m: empty stream scores the base model (loss to 1e-4)" '
+	expect_golden "$m: empty stream scores the base model (loss to 1e-4)" '
 		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" </dev/null >s &&
-		$LIB dump <s >d && test $(wc -l <d) -eq 1 &&
-		test "$($LIB field d kind)" = score &&
-		test "$($LIB field d examples)" = 6 &&
-		$LIB near "$($LIB field d loss)" "$($LIB golden "$G/eval/'$m'/base.json" token_mean_loss)" 1e-4
+		$LIB check-scores s count=1 0:kind=score 0:examples=6 0:loss~"$G/eval/'$m'/base.json"
 	'
 done
 
-test_expect_success 'per_example are the golden per-example losses' '
-	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" </dev/null | $LIB dump >d &&
-	$LIB field d per_example >got &&
-	$PY -c "
-import json, sys
-got = json.loads(open(\"got\").read())
-want = [e[\"loss\"] for e in json.load(open(\"$G/eval/llama-tiny/base.json\"))[\"examples\"]]
-bad = [(g, w) for g, w in zip(got, want) if abs(g - w) > 1e-4 * abs(w)]
-print(len(got), bad)
-sys.exit(1 if bad or len(got) != len(want) else 0)"
+expect_golden 'per_example are the golden per-example losses' '
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" </dev/null >s &&
+	$LIB check-scores s 0:per_example~"$G/eval/llama-tiny/base.json"
 '
 
-test_expect_success 'a pool without weights: each adapter scored alone, in order' '
+expect_golden 'a pool without weights: each adapter scored alone, in order' '
 	lora-pack "$G"/adapters/gpt2-tiny/pool_? "$G/adapters/gpt2-tiny/extra_r8_all" >pool &&
-	lora-eval -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" <pool | $LIB dump >d &&
-	test $(wc -l <d) -eq 6 &&
-	test "$($LIB field d name 0)" = pool_0 &&
-	test "$($LIB field d name 5)" = extra_r8_all &&
-	$LIB near "$($LIB field d loss 5)" "$($LIB golden "$G/eval/gpt2-tiny/extra_r8_all.json" token_mean_loss)" 1e-4
+	lora-eval -m "$G/models/gpt2-tiny" -d "$G/examples/gpt2-tiny.jsonl" <pool >s &&
+	$LIB check-scores s count=6 0:name=pool_0 5:name=extra_r8_all \
+		5:loss~"$G/eval/gpt2-tiny/extra_r8_all.json"
 '
 
 for m in llama-tiny t5-tiny; do
-	test_expect_success "$m: weights records merge the pool by the LoraHub rule, ids echoed" '
+	expect_golden "$m: weights records merge the pool by the LoraHub rule, ids echoed" '
 		lora-pack "$G"/adapters/'$m'/pool_? >pool &&
 		{ cat pool &&
-		  $LIB weights 11 pool_0=0.4,pool_1=0.3,pool_2=0.2,pool_3=0.6,pool_4=0.5 &&
-		  $LIB weights 12 pool_0=0.5,pool_1=-0.3,pool_2=1.2,pool_3=0.1,pool_4=-0.7; } >in &&
-		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" <in | $LIB dump >d &&
-		test $(wc -l <d) -eq 2 &&
-		test "$($LIB field d id 0)" = 11 && test "$($LIB field d id 1)" = 12 &&
-		$LIB near "$($LIB field d loss 0)" "$($LIB golden "$G/eval/'$m'/lorahub_wA.json" token_mean_loss)" 1e-4 &&
-		$LIB near "$($LIB field d loss 1)" "$($LIB golden "$G/eval/'$m'/lorahub_wB.json" token_mean_loss)" 1e-4
+		  $LIB weights pool_0=0.4,pool_1=0.3,pool_2=0.2,pool_3=0.6,pool_4=0.5 --id 11 &&
+		  $LIB weights pool_0=0.5,pool_1=-0.3,pool_2=1.2,pool_3=0.1,pool_4=-0.7 --id 12; } >in &&
+		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" <in >s &&
+		$LIB check-scores s count=2 0:id=11 1:id=12 \
+			0:loss~"$G/eval/'$m'/lorahub_wA.json" 1:loss~"$G/eval/'$m'/lorahub_wB.json"
 	'
 done
 
 for m in stories260K llama-tiny gpt2-tiny t5-tiny t5-tiny-v1; do
 	test_expect_success "$m: --generate reproduces the greedy texts" '
 		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" -g --max-new-tokens 8 \
-			--predictions p.jsonl </dev/null | $LIB dump >d &&
-		$LIB golden-texts "$G/eval/'$m'/base.json" >want &&
-		$PY -c "
-import json
-for l in open(\"p.jsonl\"):
-    print(json.dumps(json.loads(l)[\"prediction\"]))" >got &&
-		test_cmp want got &&
-		test "$($LIB field d accuracy)" = 0.0 &&
-		test "$($LIB field d predictions | $PY -c "import json,sys; print(len(json.load(sys.stdin)))")" = 6
+			--predictions p.jsonl </dev/null >s &&
+		$LIB check-scores s gen:p.jsonl~"$G/eval/'$m'/base.json" 0:accuracy=0.0 0:predictions#=6
 	'
 done
 
 test_expect_success 'accuracy: exact match after strip, lower case and removing dots' '
 	printf "%s\n" "{\"input\": \"True and False or ( not False ) is\", \"output\": \"True\"}" >one.jsonl &&
 	lora-eval -m "$LORA_SHARED/stories260K-hf" -d one.jsonl -g --max-new-tokens 4 \
-		--predictions p.jsonl </dev/null | $LIB dump >d &&
-	pred=$($PY -c "import json; print(json.loads(open(\"p.jsonl\").readline())[\"prediction\"])") &&
-	$PY -c "import json,sys; print(json.dumps({\"input\": \"True and False or ( not False ) is\", \"output\": \"  \" + sys.argv[1].upper().strip() + \". \"}))" "$pred" >two.jsonl &&
-	lora-eval -m "$LORA_SHARED/stories260K-hf" -d two.jsonl -g --max-new-tokens 4 </dev/null | $LIB dump >d2 &&
-	test "$($LIB field d2 accuracy)" = 1.0
+		--predictions p.jsonl </dev/null >s &&
+	$PY -c "
+import json
+pred = json.loads(open(\"p.jsonl\").readline())[\"prediction\"]
+print(json.dumps({\"input\": \"True and False or ( not False ) is\", \"output\": \"  \" + pred.upper().strip() + \". \"}))" >two.jsonl &&
+	lora-eval -m "$LORA_SHARED/stories260K-hf" -d two.jsonl -g --max-new-tokens 4 </dev/null >s2 &&
+	$LIB check-scores s2 0:accuracy=1.0
 '
 
 test_expect_success 'BBH task JSON, YAML list and context/completion JSONL give the same loss' '
@@ -104,27 +93,25 @@ with open(\"lh.jsonl\", \"w\") as f:
     for e in ex:
         f.write(json.dumps({\"context\": e[\"input\"], \"completion\": e[\"output\"]}) + \"\n\")
 " &&
+	k=0 &&
 	for f in "$G/examples/llama-tiny.jsonl" bbh.json ex.yaml lh.jsonl; do
-		lora-eval -m "$G/models/llama-tiny" -d "$f" </dev/null | $LIB dump >d &&
-		$LIB field d loss >>losses || return 1
+		k=$((k + 1)) &&
+		lora-eval -m "$G/models/llama-tiny" -d "$f" </dev/null >s$k || return 1
 	done &&
-	test $(sort -u losses | wc -l) -eq 1
+	$LIB check-scores s1 0:loss==@s2 0:loss==@s3 0:loss==@s4
 '
 
 test_expect_success '--max-examples keeps the first N' '
-	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --max-examples 2 </dev/null |
-		$LIB dump >d &&
-	test "$($LIB field d examples)" = 2
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --max-examples 2 </dev/null >s &&
+	$LIB check-scores s 0:examples=2
 '
 
 test_expect_success '--icl K prepends demonstrations (from the examples, or --demos)' '
-	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" </dev/null | $LIB dump >d0 &&
-	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --icl 2 </dev/null | $LIB dump >d1 &&
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" </dev/null >s0 &&
+	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --icl 2 </dev/null >s1 &&
 	lora-eval -m "$G/models/llama-tiny" -d "$G/examples/llama-tiny.jsonl" --icl 2 \
-		--demos "$G/examples/llama-tiny.jsonl" </dev/null | $LIB dump >d2 &&
-	test "$($LIB field d1 examples)" = 6 &&
-	test "$($LIB field d0 loss)" != "$($LIB field d1 loss)" &&
-	test "$($LIB field d1 loss)" != "$($LIB field d2 loss)"
+		--demos "$G/examples/llama-tiny.jsonl" </dev/null >s2 &&
+	$LIB check-scores s1 0:examples=6 0:loss!=@s0 0:loss!=@s2
 '
 
 test_expect_success '-v prints a readable line per score on stderr' '

@@ -3,7 +3,7 @@
 # streams (exit 1, message naming the culprit), no partial --predictions file.
 . "$(dirname "$0")/lib.sh"
 PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/t04-lib.py"
+LIB="$PY $TOP/tests/t/lorapy.py"
 
 test_expect_success '--help lists every option, --version' '
 	lora-eval --help >out &&
@@ -91,7 +91,7 @@ test_expect_success 'an adapter for another model: module missing, or shapes' '
 
 test_expect_success 'a weights record naming an adapter not in the pool' '
 	lora-pack "$G/adapters/llama-tiny/pool_0" >pool &&
-	{ cat pool && $LIB weights 1 pool_0=1,pool_9=1; } >in &&
+	{ cat pool && $LIB weights pool_0=1,pool_9=1 --id 1; } >in &&
 	test_exit 1 lora-eval -m "$M" -d "$EX" <in >/dev/null 2>err &&
 	test_grep "weights name .pool_9. is not an adapter of the pool" err
 '
@@ -108,7 +108,7 @@ test_expect_success 'truncated and garbage streams' '
 
 test_expect_success 'a failed run leaves no --predictions file behind' '
 	lora-pack "$G/adapters/llama-tiny/pool_0" >pool &&
-	{ cat pool && $LIB weights 1 nope=1; } >in &&
+	{ cat pool && $LIB weights nope=1 --id 1; } >in &&
 	test_exit 1 lora-eval -m "$M" -d "$EX" -g --max-new-tokens 2 --predictions p.jsonl <in >/dev/null 2>err &&
 	! test -e p.jsonl && test -z "$(ls | grep "^p.jsonl")"
 '

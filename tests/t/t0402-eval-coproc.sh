@@ -4,7 +4,7 @@
 # ahead), and the scores must equal those of the same stream from a file.
 . "$(dirname "$0")/lib.sh"
 PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/t04-lib.py"
+LIB="$PY $TOP/tests/t/lorapy.py"
 
 if ! need_shared golden; then
 	test_skip 'lora-eval coprocess' 'LORA_SHARED not set'

@@ -54,6 +54,8 @@ test_expect_success 'default run: pool passed through, then one weights record' 
 	assert r["kind"] == "weights" and r["names"] == ["a0", "a1", "a2"], r
 	assert r["evals"] == 40 and r["seed"] == 1, r
 	assert r["meta"]["search"]["method"] == "cobyla", r
+	# method is the merge rule the objective scored (lora-stream(5)), not the search
+	assert r["method"] == "lorahub", r
 	w = r["w"]
 	loss = sum((x - s) ** 2 for x, s in zip(w, [0.3, -0.2, 0.5])) / 3
 	assert abs(loss - r["loss"]) < 1e-12, (loss, r["loss"])
@@ -123,6 +125,19 @@ test_expect_success '--l1 changes the objective; -v prints every evaluation' '
 test_expect_success 'a closed stdout is an error' '
 	$FAKE pool 2 >pool.lora &&
 	test_must_fail sh -c "lora-cmaes -q --budget 3 -- $FAKE obj <pool.lora >&-" 2>err
+'
+
+test_expect_success 'every candidate asks for the lorahub merge rule' '
+	$FAKE pool 3 >pool.lora &&
+	lora-cmaes -q --budget 6 -- sh -c "tee asked.lora | $FAKE obj" <pool.lora >out.lora &&
+	$DUMP <asked.lora >asked.json &&
+	python3 - <<-EOF
+	import json
+	recs = [json.loads(l) for l in open("asked.json")]
+	ws = [r for r in recs if r["kind"] == "weights"]
+	assert len(ws) == 6 and len(recs) == 9, recs
+	assert all(r["method"] == "lorahub" for r in ws), ws
+	EOF
 '
 
 test_done

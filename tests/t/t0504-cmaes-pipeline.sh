@@ -55,6 +55,7 @@ else
 			rows = list(csv.DictReader(open("tr.csv")))
 			best = min(float(r["objective"]) for r in rows)
 			assert abs(w["objective"] - best) < 1e-12, (w["objective"], best)
+			assert w["method"] == "lorahub", w
 			# the best objective is no worse than the base pool at w = 0
 			assert w["objective"] <= float(rows[0]["objective"])
 			# lora-merge + lora-eval reproduce the loss lora-cmaes recorded

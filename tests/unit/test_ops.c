@@ -3,12 +3,22 @@
  * sgemm wrapper (both weight layouts, strides, alpha/beta) vs the naive
  * product, lora_linear with bias and two deltas vs the dense W + s·B·A, the
  * vectorized exp over the whole f32 range, softmax (with -inf masks), RMSNorm,
- * LayerNorm, nll_row, gelu_tanh, silu, relu and argmax, and the parallel loop.
+ * LayerNorm, nll_row, gelu_tanh, silu, relu and argmax, and the worker pool:
+ * every item once, thousands of back-to-back and sleep-separated loops (lost
+ * wake-ups would hang), nested and concurrent calls, products split over the
+ * pool (every transpose, strides, beta) vs the naive product, and a child
+ * after fork() using its own pool.
  */
 #include "check.h"
 #include "ops.h"
 
+#include <cblas.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 static uint64_t rng = 88172645463325252ull;
 
@@ -241,15 +251,153 @@ static void test_parallel(void)
 	for (int i = 0; i < 1000; i++)
 		once &= c.hits[i] == 1;
 	check(once && !c.bad_worker, "parallel_for: each of 1000 items once, %d workers", before);
-	check(lora_parallel_workers() == before, "parallel_for restores OpenBLAS's thread count");
+	check(lora_parallel_workers() == before, "the worker count stays fixed");
+	check(before == 1 || openblas_get_num_threads() == 1,
+	      "OpenBLAS at one thread beside a pool of %d", before);
 	lora_matmul_naive(ref, x, w, 1000, 8, 4, true, 1.0f, 0.0f);
 	check_close_f32(c.out, ref, 4000, 1e-5, 1e-5, "products inside parallel_for");
 	free(x), free(w), free(ref), free(c.out);
 }
 
+/* ---- the pool under stress ---- */
+
+struct cnt_ctx {
+	atomic_int sum;
+	int n_inner;	/* nest_fn: items of each nested loop */
+	int want;	/* cnt_fn: the worker every item must see, or 0 for any */
+	atomic_int bad;
+};
+
+static void cnt_fn(void *vctx, int i, int worker)
+{
+	struct cnt_ctx *c = vctx;
+	atomic_fetch_add(&c->sum, i + 1);
+	if (worker < 0 || worker >= lora_parallel_workers() || (c->want && worker != c->want - 1))
+		atomic_store(&c->bad, 1);
+}
+
+/* An item that runs a whole loop itself: serial, on its own worker id. */
+static void nest_fn(void *vctx, int i, int worker)
+{
+	struct cnt_ctx *c = vctx;
+	struct cnt_ctx inner = {0};
+	inner.want = worker + 1;	/* nested items see the outer item's worker */
+	lora_parallel_for(c->n_inner, cnt_fn, &inner);
+	if (atomic_load(&inner.sum) != c->n_inner * (c->n_inner + 1) / 2 || atomic_load(&inner.bad))
+		atomic_store(&c->bad, 1);
+	atomic_fetch_add(&c->sum, 1);
+	(void)i;
+}
+
+static void *other_thread(void *arg)
+{
+	int *ok = arg;
+	*ok = 1;
+	for (int r = 0; r < 2000; r++) {
+		struct cnt_ctx c = {0};
+		lora_parallel_for(7, cnt_fn, &c);
+		if (atomic_load(&c.sum) != 28)
+			*ok = 0;
+	}
+	return NULL;
+}
+
+/* c[M,N] (stride ldc) = beta*c + alpha*op(a)·op(b), in double. */
+static void gemm_ref(bool ta, bool tb, int M, int N, int K, float alpha, const float *a, int lda,
+		     const float *b, int ldb, float beta, float *c, int ldc)
+{
+	for (int i = 0; i < M; i++)
+		for (int j = 0; j < N; j++) {
+			double s = 0;
+			for (int k = 0; k < K; k++)
+				s += (double)(ta ? a[(size_t)k * lda + i] : a[(size_t)i * lda + k]) *
+				     (tb ? b[(size_t)j * ldb + k] : b[(size_t)k * ldb + j]);
+			c[(size_t)i * ldc + j] = (float)(alpha * s + beta * c[(size_t)i * ldc + j]);
+		}
+}
+
+static int split_gemm_ok(bool ta, bool tb, int M, int N, int K)
+{
+	int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 7;
+	float *a = rand_vec((size_t)(ta ? K : M) * lda, 1), *b = rand_vec((size_t)(tb ? N : K) * ldb, 1);
+	float *c = rand_vec((size_t)M * ldc, 1), *ref = malloc((size_t)M * ldc * sizeof *ref);
+	memcpy(ref, c, (size_t)M * ldc * sizeof *ref);
+	lora_gemm(ta, tb, M, N, K, 0.5f, a, lda, b, ldb, 0.25f, c, ldc);
+	gemm_ref(ta, tb, M, N, K, 0.5f, a, lda, b, ldb, 0.25f, ref, ldc);
+	double md = 0;
+	for (size_t i = 0; i < (size_t)M * ldc; i++) {
+		double d = fabs((double)c[i] - ref[i]);
+		md = d > md ? d : md;
+	}
+	free(a), free(b), free(c), free(ref);
+	check(md < 1e-3, "split lora_gemm ta=%d tb=%d %dx%dx%d with strides and beta: max diff %.2g", ta, tb,
+	      M, N, K, md);
+	return md < 1e-3;
+}
+
+static void test_pool(void)
+{
+	int bad = 0;
+	for (int r = 0; r < 20000 && !bad; r++) {
+		struct cnt_ctx c = {0};
+		int n = 1 + r % 9;
+		lora_parallel_for(n, cnt_fn, &c);
+		bad = atomic_load(&c.sum) != n * (n + 1) / 2 || atomic_load(&c.bad);
+	}
+	check(!bad, "20000 back-to-back loops, each item once");
+	bad = 0;
+	for (int r = 0; r < 30 && !bad; r++) {
+		struct timespec ts = {0, (r % 3) * 1000000L};	/* 0-2 ms: workers asleep */
+		nanosleep(&ts, NULL);
+		struct cnt_ctx c = {0};
+		lora_parallel_for(64, cnt_fn, &c);
+		bad = atomic_load(&c.sum) != 64 * 65 / 2;
+	}
+	check(!bad, "loops after the workers went to sleep");
+	struct cnt_ctx c = {0};
+	c.n_inner = 10;
+	lora_parallel_for(50, nest_fn, &c);
+	check(atomic_load(&c.sum) == 50 && !atomic_load(&c.bad), "nested loops run serially, whole");
+	pthread_t th;
+	int ok = 0;
+	if (pthread_create(&th, NULL, other_thread, &ok) == 0) {
+		bad = 0;
+		for (int r = 0; r < 2000; r++) {
+			struct cnt_ctx d = {0};
+			lora_parallel_for(9, cnt_fn, &d);
+			bad |= atomic_load(&d.sum) != 45;
+		}
+		pthread_join(th, NULL);
+		check(ok && !bad, "loops from two threads at once");
+	}
+	for (int ta = 0; ta < 2; ta++)
+		for (int tb = 0; tb < 2; tb++)
+			split_gemm_ok(ta, tb, 67, 301, 61);
+	split_gemm_ok(false, true, 3, 2000, 200);	/* a few rows of a wide product (the head) */
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {	/* the parent's workers do not exist here */
+		struct cnt_ctx e = {0};
+		lora_parallel_for(100, cnt_fn, &e);
+		float *a = rand_vec(64 * 128, 1), *b = rand_vec(512 * 128, 1);
+		float *y = malloc(64 * 512 * sizeof *y), *yr = malloc(64 * 512 * sizeof *yr);
+		lora_matmul(y, a, b, 64, 128, 512, true, 1.0f, 0.0f);
+		lora_matmul_naive(yr, a, b, 64, 128, 512, true, 1.0f, 0.0f);
+		int good = atomic_load(&e.sum) == 5050;
+		for (int i = 0; i < 64 * 512; i++)
+			good &= fabsf(y[i] - yr[i]) < 1e-3f;
+		_exit(good ? 0 : 1);
+	}
+	int st = -1;
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+	check(pid > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "a child after fork() runs loops and split products");
+}
+
 int main(void)
 {
 	test_parallel();
+	test_pool();
 	test_matmul();
 	test_linear();
 	test_exp();

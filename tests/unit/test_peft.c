@@ -3,90 +3,31 @@
  * resolves them, write-then-read round trips, and every refusal. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 #include "check.h"
+#include "fixtures.h"
 #include "peft.h"
 #include "st.h"
 
-#include <dirent.h>
 #include <glob.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 static struct lora_err err;
-static char dir[4096];
 
-static char *path_of(const char *name)
-{
-	static char buf[4][4200];
-	static int k;
-	char *b = buf[k++ & 3];
-	snprintf(b, sizeof buf[0], "%s/%s", dir, name);
-	return b;
-}
-
-static char *slurp(const char *p, size_t *len)
-{
-	FILE *f = fopen(p, "rb");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *b = malloc((size_t)n + 1);
-	*len = fread(b, 1, (size_t)n, f);
-	b[*len] = '\0';
-	fclose(f);
-	return b;
-}
-
-/* ---- fixtures: a directory with a config text and LoRA tensors ---- */
-
-struct fx_tensor {
-	const char *key;
-	enum lora_dtype dt;
-	int64_t rows, cols;
-};
-
-/* Make dir/name with adapter_config.json = cfg and the tensors (data filled
- * with a pattern derived from the key). Returns the directory path. */
+/* Make fx_dir/name with adapter_config.json = cfg (none if NULL) and the
+ * tensors (fx_write_st). Returns the directory path. */
 static const char *make_fixture(const char *name, const char *cfg, const struct fx_tensor *ft,
 				size_t n)
 {
-	char *d = path_of(name);
-	char cmd[4400];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", d, d);
-	if (system(cmd) != 0)
-		return NULL;
+	char *d = fx_path(name);
 	char p[4400];
-	if (cfg) {
-		snprintf(p, sizeof p, "%s/adapter_config.json", d);
-		FILE *f = fopen(p, "w");
-		fputs(cfg, f);
-		fclose(f);
-	}
-	struct lora_st_tensor *t = calloc(n + 1, sizeof *t);
-	for (size_t i = 0; i < n; i++) {
-		size_t es = lora_dtype_size(ft[i].dt), ne = (size_t)(ft[i].rows * ft[i].cols);
-		unsigned char *data = malloc(ne * es + 1);
-		for (size_t j = 0; j < ne * es; j++)
-			data[j] = (unsigned char)(j * 31 + strlen(ft[i].key) * 7 + i);
-		if (ft[i].dt == LORA_F32)	/* keep f32 values finite */
-			for (size_t j = 0; j < ne; j++)
-				((float *)data)[j] = (float)(i + 1) * 0.01f * (float)j - 0.5f;
-		t[i] = (struct lora_st_tensor){.name = ft[i].key, .dtype = ft[i].dt, .ndim = 2,
-					       .shape = {ft[i].rows, ft[i].cols}, .data = data,
-					       .nbytes = ne * es};
-	}
+	if (fx_fresh_dir(d) < 0)
+		return NULL;
+	snprintf(p, sizeof p, "%s/adapter_config.json", d);
+	if (cfg && fx_spit(p, cfg, strlen(cfg)) < 0)
+		return NULL;
 	snprintf(p, sizeof p, "%s/adapter_model.safetensors", d);
-	struct lora_doc md;
-	lora_doc_init_map(&md);
-	lora_doc_map_put_string(&md, "format", "pt");
-	int rc = lora_st_write(p, t, n, &md, &err);
-	lora_doc_clear(&md);
-	for (size_t i = 0; i < n; i++)
-		free((void *)t[i].data);
-	free(t);
-	return rc == 0 ? d : NULL;
+	return fx_write_st(p, ft, n, &err) == 0 ? d : NULL;
 }
 
 #define CFG(extra) \
@@ -142,16 +83,6 @@ static int same_config_file(const char *p1, const char *p2)
 	return same;
 }
 
-static int files_equal(const char *p1, const char *p2)
-{
-	size_t l1, l2;
-	char *a = slurp(p1, &l1), *b = slurp(p2, &l2);
-	int same = a && b && l1 == l2 && !memcmp(a, b, l1);
-	free(a);
-	free(b);
-	return same;
-}
-
 /* read dir -> write out -> read out: identical, bytes identical, config equal */
 static int round_trip(const char *src, const char *outname, struct lora_adapter *got)
 {
@@ -159,7 +90,7 @@ static int round_trip(const char *src, const char *outname, struct lora_adapter 
 	memset(got, 0, sizeof *got);
 	if (lora_peft_read(src, &a, &err) < 0)
 		return 0;
-	char *out = path_of(outname);
+	char *out = fx_path(outname);
 	char cmd[4400];
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", out);
 	if (system(cmd) != 0 || lora_peft_write(out, &a, &err) < 0 ||
@@ -171,7 +102,7 @@ static int round_trip(const char *src, const char *outname, struct lora_adapter 
 	char p1[4400], p2[4400];
 	snprintf(p1, sizeof p1, "%s/adapter_model.safetensors", src);
 	snprintf(p2, sizeof p2, "%s/adapter_model.safetensors", out);
-	ok = ok && files_equal(p1, p2);
+	ok = ok && fx_files_equal(p1, p2);
 	snprintf(p1, sizeof p1, "%s/adapter_config.json", src);
 	snprintf(p2, sizeof p2, "%s/adapter_config.json", out);
 	ok = ok && same_config_file(p1, p2);
@@ -366,7 +297,7 @@ static void test_patterns(void)
 		   "scale 3/sqrt(4)");
 	struct lora_adapter b;
 	/* written back unchanged: the config still describes the tensors */
-	char *out = path_of("patterns-out");
+	char *out = fx_path("patterns-out");
 	rc = lora_peft_write(out, &a, &err);
 	check(rc == 0, "write pattern adapter (%s)", err.msg);
 	char p1[4400], p2[4400];
@@ -381,7 +312,7 @@ static void test_patterns(void)
 	struct lora_module *mm = (struct lora_module *)mod(&a, "transformer.h.0.attn.c_attn");
 	mm->alpha = 7;
 	a.alpha = 9;
-	out = path_of("patterns-changed");
+	out = fx_path("patterns-changed");
 	rc = lora_peft_write(out, &a, &err);
 	check(rc == 0 && lora_peft_read(out, &b, &err) == 0 && same_adapter(&a, &b),
 	      "changed alphas: regenerated patterns read back identical (%s)", err.msg);
@@ -438,7 +369,7 @@ static void test_forms_and_dtypes(void)
 	check(a.modules[0].a.dtype == LORA_BF16 && a.modules[2].a.dtype == LORA_F16 &&
 		      a.modules[2].b.dtype == LORA_F32 && a.alpha == 4.5 && a.base == NULL,
 	      "dtypes kept per tensor; float alpha; null base");
-	char *out = path_of("named-out");
+	char *out = fx_path("named-out");
 	rc = lora_peft_write(out, &a, &err);
 	check(rc == 0 && lora_peft_read(out, &b, &err) == 0 && same_adapter(&a, &b),
 	      "bf16/f16/f32 adapter round trip identical (%s)", err.msg);
@@ -495,7 +426,7 @@ static void test_write_fresh(void)
 			((float *)m->b.data)[k] = -(float)k;
 		}
 	}
-	char *out = path_of("fresh-out");
+	char *out = fx_path("fresh-out");
 	int rc = lora_peft_write(out, &a, &err);
 	struct lora_adapter b;
 	check(rc == 0, "write an adapter with no meta (%s)", err.msg);
@@ -530,18 +461,12 @@ static void test_write_fresh(void)
 	check(rc == LORA_EIO && strstr(err.msg, "cannot create a directory beside '/nonexistent-dir/sub/x'"),
 	      "unwritable parent: %s", err.msg);
 	a.modules[1].r = 3;
-	rc = lora_peft_write(path_of("bad-out"), &a, &err);
-	check(rc == LORA_EINVAL && access(path_of("bad-out"), F_OK) != 0,
+	rc = lora_peft_write(fx_path("bad-out"), &a, &err);
+	check(rc == LORA_EINVAL && access(fx_path("bad-out"), F_OK) != 0,
 	      "inconsistent adapter refused, nothing written: %s", err.msg);
 	lora_adapter_free(&a);
 
-	DIR *dd = opendir(dir);
-	struct dirent *de;
-	int stray = 0;
-	while ((de = readdir(dd)))
-		if (de->d_name[0] == '.' && strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-			stray++;
-	closedir(dd);
+	int stray = fx_dotfiles(fx_dir);
 	check(stray == 0, "no temporary directories left (%d)", stray);
 }
 
@@ -646,7 +571,7 @@ static void test_refusals(void)
 		snprintf(want, sizeof want, "%s: no adapter_model.safetensors", d);
 		check(rc == LORA_ENOTFOUND && !strcmp(err.msg, want), "no weights: %s", err.msg);
 	}
-	rc = lora_peft_read(path_of("does-not-exist"), &a, &err);
+	rc = lora_peft_read(fx_path("does-not-exist"), &a, &err);
 	check(rc == LORA_ENOTFOUND && strstr(err.msg, "No such file or directory"),
 	      "missing path: %s", err.msg);
 	if (geteuid() != 0) {
@@ -672,10 +597,8 @@ static void test_refusals(void)
 
 int main(void)
 {
-	const char *d = check_tmpdir("test_peft");
-	if (!d)
+	if (!fx_init("test_peft"))
 		return 1;
-	snprintf(dir, sizeof dir, "%s", d);
 	test_golden();
 	test_real();
 	test_patterns();

@@ -3,58 +3,15 @@
  * writer, and byte-identical rewrites of real files. */
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 #include "check.h"
+#include "fixtures.h"
 #include "st.h"
 
-#include <dirent.h>
 #include <glob.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 static struct lora_err err;
-static char dir[4096];
-
-static char *path_of(const char *name)
-{
-	static char buf[4][4200];
-	static int k;
-	char *b = buf[k++ & 3];
-	snprintf(b, sizeof buf[0], "%s/%s", dir, name);
-	return b;
-}
-
-/* Write a safetensors file: header text (its length is prefixed unless
- * hlen_override != UINT64_MAX), then ndata bytes 0,1,2,... */
-static const char *write_st(const char *name, const char *header, uint64_t hlen_override,
-			    size_t ndata)
-{
-	const char *p = path_of(name);
-	FILE *f = fopen(p, "wb");
-	uint64_t n = hlen_override != UINT64_MAX ? hlen_override : strlen(header);
-	unsigned char len8[8];
-	for (int i = 0; i < 8; i++)
-		len8[i] = (unsigned char)(n >> (8 * i));
-	fwrite(len8, 1, 8, f);
-	fwrite(header, 1, strlen(header), f);
-	for (size_t i = 0; i < ndata; i++)
-		fputc((int)(i & 0xff), f);
-	fclose(f);
-	return p;
-}
-
-static char *slurp(const char *p, size_t *len)
-{
-	FILE *f = fopen(p, "rb");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *b = malloc((size_t)n + 1);
-	*len = fread(b, 1, (size_t)n, f);
-	fclose(f);
-	return b;
-}
 
 /* Open must fail with code and exactly "<path>: " + msg. */
 static void open_fails(const char *p, int code, const char *msg, const char *what)
@@ -75,104 +32,100 @@ static void test_malformed(void)
 	   "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[%d,%d]}}"
 	char h[512];
 
-	p = path_of("short.safetensors");
-	FILE *f = fopen(p, "wb");
-	fwrite("abc", 1, 3, f);
-	fclose(f);
+	p = fx_path("short.safetensors");
+	fx_spit(p, "abc", 3);
 	open_fails(p, LORA_EFORMAT, "file is 3 bytes, too short for a safetensors header",
 		   "file shorter than 8 bytes");
 
-	p = write_st("long.safetensors", "{}", 1000, 40);
+	p = fx_write_st_raw(fx_path("long.safetensors"), "{}", 1000, NULL, 40);
 	open_fails(p, LORA_EFORMAT, "header length 1000 runs past the end of the file (50 bytes)",
 		   "header longer than the file");
-	p = write_st("huge.safetensors", "{}", 100000001, 0);
+	p = fx_write_st_raw(fx_path("huge.safetensors"), "{}", 100000001, NULL, 0);
 	open_fails(p, LORA_EFORMAT, "header length 100000001 exceeds the 100 MB limit",
 		   "header length over 100 MB");
-	p = write_st("hugest.safetensors", "{}", UINT64_MAX - 3, 0);
+	p = fx_write_st_raw(fx_path("hugest.safetensors"), "{}", UINT64_MAX - 3, NULL, 0);
 	open_fails(p, LORA_EFORMAT, "header length 18446744073709551612 exceeds the 100 MB limit",
 		   "header length near 2^64");
 
-	p = write_st("badjson.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2] \"data_offsets\":[0,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("badjson.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[2] \"data_offsets\":[0,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT,
 		   "bad JSON in header:1:33: did not find expected ',' or '}' while parsing a flow mapping",
 		   "malformed JSON header");
-	p = write_st("notobj.safetensors", "[1,2]   ", UINT64_MAX, 0);
+	p = fx_write_st_raw(fx_path("notobj.safetensors"), "[1,2]   ", UINT64_MAX, NULL, 0);
 	open_fails(p, LORA_EFORMAT, "header is not a JSON object", "header is an array");
-	p = path_of("nul.safetensors");
-	f = fopen(p, "wb");
-	fwrite("\x08\0\0\0\0\0\0\0{}\0\0\0\0\0\0", 1, 16, f);
-	fclose(f);
+	p = fx_path("nul.safetensors");
+	fx_spit(p, "\x08\0\0\0\0\0\0\0{}\0\0\0\0\0\0", 16);
 	open_fails(p, LORA_EFORMAT, "bad JSON in header:1:3: control characters are not allowed",
 		   "NUL padding refused like the library does");
 
-	p = write_st("i8.safetensors", "{\"q\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[0,2]}}", UINT64_MAX, 2);
+	p = fx_write_st_raw(fx_path("i8.safetensors"), "{\"q\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[0,2]}}", UINT64_MAX, NULL, 2);
 	open_fails(p, LORA_EUNSUPPORTED,
 		   "tensor 'q' has dtype I8; only F32, F16 and BF16 are supported", "dtype I8");
-	p = write_st("f64.safetensors", "{\"w\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("f64.safetensors"), "{\"w\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EUNSUPPORTED,
 		   "tensor 'w' has dtype F64; only F32, F16 and BF16 are supported", "dtype F64");
 
 	snprintf(h, sizeof h, T2, 4, 12);
-	p = write_st("overlap.safetensors", h, UINT64_MAX, 12);
+	p = fx_write_st_raw(fx_path("overlap.safetensors"), h, UINT64_MAX, NULL, 12);
 	open_fails(p, LORA_EFORMAT, "tensors 'a' and 'b' overlap in the data region",
 		   "overlapping offsets");
 	snprintf(h, sizeof h, T2, 0, 8);
-	p = write_st("same.safetensors", h, UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("same.safetensors"), h, UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT, "tensors 'a' and 'b' overlap in the data region",
 		   "identical offsets");
 	snprintf(h, sizeof h, T2, 12, 20);
-	p = write_st("hole.safetensors", h, UINT64_MAX, 20);
+	p = fx_write_st_raw(fx_path("hole.safetensors"), h, UINT64_MAX, NULL, 20);
 	open_fails(p, LORA_EFORMAT,
 		   "hole in the data region: bytes 8..12 before tensor 'b' belong to no tensor",
 		   "hole between tensors");
 	snprintf(h, sizeof h, T2, 8, 16);
-	p = write_st("tail.safetensors", h, UINT64_MAX, 24);
+	p = fx_write_st_raw(fx_path("tail.safetensors"), h, UINT64_MAX, NULL, 24);
 	open_fails(p, LORA_EFORMAT, "data region is 24 bytes but the tensors cover 16",
 		   "bytes left over after the last tensor");
-	p = write_st("trunc.safetensors", h, UINT64_MAX, 12);
+	p = fx_write_st_raw(fx_path("trunc.safetensors"), h, UINT64_MAX, NULL, 12);
 	open_fails(p, LORA_EFORMAT,
 		   "tensor 'b': data_offsets [8,16] out of bounds of the 12-byte data region",
 		   "truncated data region");
-	p = write_st("start.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("start.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT,
 		   "hole in the data region: bytes 0..4 before tensor 'a' belong to no tensor",
 		   "data region not starting at 0");
-	p = write_st("shape.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("shape.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT, "tensor 'a': shape [3] of F32 needs 12 bytes but data_offsets span 8",
 		   "shape x dtype != byte length");
-	p = write_st("ovf.safetensors", "{\"a\":{\"dtype\":\"BF16\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("ovf.safetensors"), "{\"a\":{\"dtype\":\"BF16\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT,
 		   "tensor 'a': shape [4294967296,4294967296] of BF16 needs too many bytes but data_offsets span 8",
 		   "shape product overflow");
-	p = write_st("rev.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("rev.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,0]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT,
 		   "tensor 'a': data_offsets [8,0] out of bounds of the 8-byte data region",
 		   "end before begin");
-	p = write_st("neg.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("neg.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT, "tensor 'a': shape must be non-negative integers",
 		   "negative dimension");
-	p = write_st("offs.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("offs.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT, "tensor 'a': data_offsets must be two non-negative integers",
 		   "one offset");
-	p = write_st("nodt.safetensors", "{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("nodt.safetensors"), "{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT, "tensor 'a': missing or non-string dtype", "no dtype");
-	p = write_st("ent.safetensors", "{\"a\":[1]}", UINT64_MAX, 0);
+	p = fx_write_st_raw(fx_path("ent.safetensors"), "{\"a\":[1]}", UINT64_MAX, NULL, 0);
 	open_fails(p, LORA_EFORMAT, "tensor 'a': entry is not an object", "entry not an object");
-	p = write_st("dims.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", UINT64_MAX, 4);
+	p = fx_write_st_raw(fx_path("dims.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", UINT64_MAX, NULL, 4);
 	open_fails(p, LORA_EUNSUPPORTED, "tensor 'a' has 9 dimensions (at most 8 supported)",
 		   "too many dimensions");
-	p = write_st("meta.safetensors", "{\"__metadata__\":{\"format\":1}}", UINT64_MAX, 0);
+	p = fx_write_st_raw(fx_path("meta.safetensors"), "{\"__metadata__\":{\"format\":1}}", UINT64_MAX, NULL, 0);
 	open_fails(p, LORA_EFORMAT, "__metadata__ value 'format' is not a string",
 		   "non-string metadata");
-	p = write_st("dup.safetensors", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", UINT64_MAX, 8);
+	p = fx_write_st_raw(fx_path("dup.safetensors"), "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", UINT64_MAX, NULL, 8);
 	open_fails(p, LORA_EFORMAT, "bad JSON in header:1:55: duplicate key 'a'", "duplicate tensor name");
 
 	struct lora_st *st = NULL;
-	int rc = lora_st_open(path_of("absent.safetensors"), &st, &err);
+	int rc = lora_st_open(fx_path("absent.safetensors"), &st, &err);
 	check(rc == LORA_ENOTFOUND && strstr(err.msg, "cannot open '") &&
 		      strstr(err.msg, "No such file or directory"),
 	      "missing file: %s", err.msg);
-	rc = lora_st_open(dir, &st, &err);
+	rc = lora_st_open(fx_dir, &st, &err);
 	check(rc == LORA_EIO && strstr(err.msg, "not a regular file"), "directory refused: %s",
 	      err.msg);
 }
@@ -191,16 +144,14 @@ static void test_truncations(void)
 		d1[i] = (unsigned char)(200 - i);
 	t[0].data = d0;
 	t[1].data = d1;
-	const char *full = path_of("full.safetensors");
+	const char *full = fx_path("full.safetensors");
 	check(lora_st_write(full, t, 2, NULL, &err) == 0, "write a small file (%s)", err.msg);
 	size_t len;
-	char *b = slurp(full, &len);
+	char *b = fx_slurp(full, &len);
 	int bad = 0, crashed_never = 1;
 	for (size_t cut = 0; cut < len; cut++) {
-		const char *p = path_of("cut.safetensors");
-		FILE *f = fopen(p, "wb");
-		fwrite(b, 1, cut, f);
-		fclose(f);
+		const char *p = fx_path("cut.safetensors");
+		fx_spit(p, b, cut);
 		struct lora_st *st = NULL;
 		int rc = lora_st_open(p, &st, &err);
 		if (rc != LORA_EFORMAT || st)
@@ -220,19 +171,13 @@ static void test_reader_ok(void)
 			  "\"z\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[12,16]},"
 			  "\"e\":{\"dtype\":\"F32\",\"shape\":[0,5],\"data_offsets\":[12,12]},"
 			  "\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]}}";
-	const char *p = path_of("odd.safetensors");
-	FILE *f = fopen(p, "wb");
-	uint64_t n = strlen(hdr);
-	unsigned char len8[8];
-	for (int i = 0; i < 8; i++)
-		len8[i] = (unsigned char)(n >> (8 * i));
-	fwrite(len8, 1, 8, f);
-	fwrite(hdr, 1, n, f);
 	float w[3] = {1.5f, -2.0f, 3.25f};
 	uint16_t z[2] = {0x3c00, 0xc000};
-	fwrite(w, 4, 3, f);
-	fwrite(z, 2, 2, f);
-	fclose(f);
+	unsigned char data[16];
+	memcpy(data, w, 12);
+	memcpy(data + 12, z, 4);
+	const char *p = fx_write_st_raw(fx_path("odd.safetensors"), hdr, UINT64_MAX, data, 16);
+	uint64_t n = strlen(hdr);
 	struct lora_st *st = NULL;
 	int rc = lora_st_open(p, &st, &err);
 	if (!check(rc == 0, "misaligned header length %zu opens (%s)", (size_t)n, err.msg))
@@ -257,7 +202,7 @@ static void test_reader_ok(void)
 	lora_st_close(st);
 	lora_st_close(NULL);
 
-	p = write_st("empty.safetensors", "{}      ", UINT64_MAX, 0);
+	p = fx_write_st_raw(fx_path("empty.safetensors"), "{}      ", UINT64_MAX, NULL, 0);
 	rc = lora_st_open(p, &st, &err);
 	check(rc == 0 && lora_st_count(st) == 0 && lora_st_metadata(st) == NULL,
 	      "empty file with no tensors");
@@ -277,23 +222,23 @@ static void test_writer(void)
 	float v[6] = {0, 1, 2, 3, 4, 5};
 	struct lora_st_tensor t = {.name = "attn.0", .dtype = LORA_F32, .ndim = 3,
 				   .shape = {1, 2, 3}, .data = v, .nbytes = 24};
-	const char *p = path_of("vec.safetensors");
+	const char *p = fx_path("vec.safetensors");
 	size_t len;
 	check(lora_st_write(p, &t, 1, NULL, &err) == 0, "write the library's test vector");
-	char *b = slurp(p, &len);
+	char *b = fx_slurp(p, &len);
 	check(b && len == sizeof want && !memcmp(b, want, len), "bytes equal the library's (%zu)", len);
 	free(b);
 
 	/* the library's test_empty: no tensors, then metadata {framework: pt} */
 	check(lora_st_write(p, NULL, 0, NULL, &err) == 0, "write an empty file");
-	b = slurp(p, &len);
+	b = fx_slurp(p, &len);
 	check(b && len == 16 && !memcmp(b, "\x08\0\0\0\0\0\0\0{}      ", 16), "empty file bytes");
 	free(b);
 	struct lora_doc md;
 	lora_doc_init_map(&md);
 	lora_doc_map_put_string(&md, "framework", "pt");
 	check(lora_st_write(p, NULL, 0, &md, &err) == 0, "write metadata only");
-	b = slurp(p, &len);
+	b = fx_slurp(p, &len);
 	check(b && len == 48 && b[0] == 40 &&
 		      !memcmp(b + 8, "{\"__metadata__\":{\"framework\":\"pt\"}}     ", 40),
 	      "metadata-only bytes match the library");
@@ -310,7 +255,7 @@ static void test_writer(void)
 		{.name = "y\"\n", .dtype = LORA_F32, .ndim = 2, .shape = {0, 3}, .data = NULL, .nbytes = 0},
 	};
 	check(lora_st_write(p, ts, 5, NULL, &err) == 0, "write mixed dtypes (%s)", err.msg);
-	b = slurp(p, &len);
+	b = fx_slurp(p, &len);
 	const char *hw = "{\"y\\\"\\n\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[0,0]},"
 			 "\"z\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]},"
 			 "\"c\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[4,6]},"
@@ -361,7 +306,7 @@ static void test_writer(void)
 	};
 	uint16_t h3[3] = {1, 2, 3};
 	decl[1].data = h3;
-	const char *p1 = path_of("one.safetensors"), *p2 = path_of("stream.safetensors");
+	const char *p1 = fx_path("one.safetensors"), *p2 = fx_path("stream.safetensors");
 	check(lora_st_write(p1, decl, 3, NULL, &err) == 0, "one-shot write");
 	struct lora_st_writer *w;
 	check(lora_st_writer_open(p2, decl, 3, NULL, &w, &err) == 0, "streaming writer opens");
@@ -380,12 +325,12 @@ static void test_writer(void)
 	}
 	check(rc == 0 && lora_st_writer_commit(w, &err) == 0, "chunked writes and commit");
 	size_t l1, l2;
-	char *b1 = slurp(p1, &l1), *b2 = slurp(p2, &l2);
+	char *b1 = fx_slurp(p1, &l1), *b2 = fx_slurp(p2, &l2);
 	check(b1 && b2 && l1 == l2 && !memcmp(b1, b2, l1), "streamed file equals the one-shot file");
 	free(b1);
 	free(b2);
 
-	const char *p3 = path_of("aborted.safetensors");
+	const char *p3 = fx_path("aborted.safetensors");
 	check(lora_st_writer_open(p3, decl, 3, NULL, &w, &err) == 0, "open another");
 	lora_st_writer_write(w, big, 100, &err);
 	check(lora_st_writer_commit(w, &err) == LORA_EINVAL &&
@@ -400,13 +345,7 @@ static void test_writer(void)
 	check(access(p3, F_OK) != 0, "no file after abort");
 
 	/* no temporary files left behind */
-	DIR *dd = opendir(dir);
-	struct dirent *de;
-	int stray = 0;
-	while ((de = readdir(dd)))
-		if (de->d_name[0] == '.' && strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-			stray++;
-	closedir(dd);
+	int stray = fx_dotfiles(fx_dir);
 	check(stray == 0, "no temporary files left (%d)", stray);
 }
 
@@ -445,10 +384,10 @@ static void test_real_files(void)
 			struct lora_st_tensor *t = malloc((n ? n : 1) * sizeof *t);
 			for (size_t k = 0; k < n; k++)	/* reversed: the writer must sort */
 				t[k] = *lora_st_get(st, n - 1 - k);
-			const char *out = path_of("rewrite.safetensors");
+			const char *out = fx_path("rewrite.safetensors");
 			int rc = lora_st_write(out, t, n, md, &err);
 			size_t l1, l2;
-			char *b1 = slurp(g.gl_pathv[j], &l1), *b2 = rc == 0 ? slurp(out, &l2) : NULL;
+			char *b1 = fx_slurp(g.gl_pathv[j], &l1), *b2 = rc == 0 ? fx_slurp(out, &l2) : NULL;
 			if (b1 && b2 && l1 == l2 && !memcmp(b1, b2, l1))
 				same++;
 			else
@@ -480,10 +419,8 @@ static void test_real_files(void)
 
 int main(void)
 {
-	const char *d = check_tmpdir("test_st");
-	if (!d)
+	if (!fx_init("test_st"))
 		return 1;
-	snprintf(dir, sizeof dir, "%s", d);
 	test_malformed();
 	test_truncations();
 	test_reader_ok();

@@ -302,6 +302,119 @@ int main(void)
 	for (int i = 0; i < got; i++)
 		lora_record_free(&rec[i]);
 
+	/* --- unknown keys inside a tensor map pass through byte for byte --- */
+	{
+		raw_begin();
+		msgpack_pack_map(&pk, 6);
+		s("kind");
+		s("adapter");
+		s("name");
+		s("x");
+		s("r");
+		msgpack_pack_int64(&pk, 2);
+		s("alpha");
+		msgpack_pack_double(&pk, 4);
+		s("rslora");
+		msgpack_pack_false(&pk);
+		s("tensors");
+		msgpack_pack_array(&pk, 1);
+		msgpack_pack_map(&pk, 5);
+		s("module");
+		s("m.q");
+		s("r");
+		msgpack_pack_int64(&pk, 2);
+		s("alpha");
+		msgpack_pack_double(&pk, 4);
+		s("a");
+		/* in the writer's order: dtype, shape, data, then the extras */
+		msgpack_pack_map(&pk, 7);
+		s("dtype");
+		s("f32");
+		s("shape");
+		msgpack_pack_array(&pk, 2);
+		msgpack_pack_int64(&pk, 2);
+		msgpack_pack_int64(&pk, 3);
+		s("data");
+		float za[6] = { 1, 2, 3, 4, 5, 6 };
+		msgpack_pack_bin(&pk, sizeof za);
+		msgpack_pack_bin_body(&pk, za, sizeof za);
+		s("sha");
+		s("abc");
+		s("scale32");
+		msgpack_pack_float(&pk, 1.5f);	/* float32 stays float32 */
+		s("nested");
+		msgpack_pack_map(&pk, 1);
+		s("k");
+		msgpack_pack_array(&pk, 5);
+		msgpack_pack_int64(&pk, 1);
+		msgpack_pack_int64(&pk, -200);
+		msgpack_pack_nil(&pk);
+		msgpack_pack_true(&pk);
+		msgpack_pack_bin(&pk, 2);
+		msgpack_pack_bin_body(&pk, "\0\1", 2);
+		s("ext");
+		msgpack_pack_ext(&pk, 3, 5);
+		msgpack_pack_ext_body(&pk, "xyz", 3);
+		s("b");
+		msgpack_pack_map(&pk, 4);
+		s("dtype");
+		s("bf16");
+		s("shape");
+		msgpack_pack_array(&pk, 2);
+		msgpack_pack_int64(&pk, 4);
+		msgpack_pack_int64(&pk, 2);
+		s("data");
+		char zb[16] = { 0 };
+		msgpack_pack_bin(&pk, sizeof zb);
+		msgpack_pack_bin_body(&pk, zb, sizeof zb);
+		s("note");
+		msgpack_pack_double(&pk, 0.1);
+
+		FILE *g = fmemopen(sb.data, sb.size, "r");
+		struct lora_reader *rr;
+		struct lora_record x;
+		lora_reader_open(g, "mem", &rr, &err);
+		int n = lora_reader_next(rr, &x, &err);
+		lora_reader_close(rr);
+		fclose(g);
+		check(n == 1, "a record with unknown keys in its tensor maps reads (%s)", err.msg);
+		if (n == 1) {
+			const struct lora_module *m = &x.u.adapter.modules[0];
+			const struct lora_doc *sha = lora_doc_get(m->a_extra, "sha");
+			check(m->a_extra && m->a_extra->u.map.n == 4 && m->b_extra &&
+			      m->b_extra->u.map.n == 1 && sha && sha->type == LORA_DOC_BIN &&
+			      sha->u.str.len == 4 && !memcmp(sha->u.str.s, "\xa3" "abc", 4) &&
+			      !m->extra, "tensor-map keys kept as their msgpack bytes");
+			struct lora_adapter c;
+			int crc = lora_adapter_clone(&c, &x.u.adapter, &err);
+			check(crc == 0 && lora_doc_get(c.modules[0].a_extra, "ext") &&
+			      lora_doc_get(c.modules[0].b_extra, "note"), "clone keeps them");
+			char *b2 = NULL, *b3 = NULL;
+			size_t l2 = 0, l3 = 0;
+			FILE *o = open_memstream(&b2, &l2);
+			struct lora_writer *ww;
+			lora_writer_open(o, "mem", &ww, &err);
+			lora_writer_put(ww, &x, &err);
+			lora_writer_close(ww);
+			fclose(o);
+			check(l2 == sb.size && !memcmp(b2, sb.data, l2),
+			      "tensor-map keys pass through byte-identical (%zu of %zu bytes)", l2,
+			      sb.size);
+			o = open_memstream(&b3, &l3);
+			lora_writer_open(o, "mem", &ww, &err);
+			if (crc == 0)
+				lora_writer_put_adapter(ww, &c, &err);
+			lora_writer_close(ww);
+			fclose(o);
+			check(l3 == sb.size && !memcmp(b3, sb.data, l3), "and so does a clone");
+			free(b2);
+			free(b3);
+			if (crc == 0)
+				lora_adapter_free(&c);
+			lora_record_free(&x);
+		}
+	}
+
 	/* --- truncation at every byte offset --- */
 	{
 		/* record boundaries: offsets where a prefix is a whole stream */

@@ -328,6 +328,56 @@ static void expect_refusal(const char *dir, const char *needle, const char *what
 	lora_model_close(m);
 }
 
+/* Attention over more rows than one query block of lib/t5.c (its blocks
+ * hold 256 KB of scores: 218 rows of 300 keys): the decoder is causal across
+ * blocks (changing targets 250.. leaves the NLL of positions 0..249 as it
+ * was), and greedy decoding (one query row at a time, KV cache) agrees with
+ * the batched teacher-forced forward on its own output (each generated id
+ * is the argmax of its logits row). longin holds at least 310 ids in range. */
+static void check_long_attention(struct lora_model *m, const int32_t *longin)
+{
+	enum { NT = 300, CUT = 250 };
+	struct lora_err err = { 0 };
+	static int32_t tg[2][NT];
+	static float na[NT], nb[NT];
+	for (int i = 0; i < NT; i++)
+		tg[0][i] = tg[1][i] = 2 + (i * 5 + 3) % 60;
+	for (int i = CUT; i < NT; i++)
+		tg[1][i] = 2 + (i * 11 + 7) % 60;
+	struct lora_seq a = { longin, NT, tg[0], NT }, b = { longin, NT, tg[1], NT };
+	if (!check(lora_model_nll(m, &a, 1, na, &err) == 0 && lora_model_nll(m, &b, 1, nb, &err) == 0,
+		   "nll of %d + %d tokens %s", NT, NT, err.msg))
+		return;
+	check_close_f32(nb, na, CUT, 0, 1e-6, "causal across query blocks: later targets change "
+			"nothing before them");
+	int diff = 0;
+	for (int i = CUT; i < NT; i++)
+		diff += na[i] != nb[i];
+	check(diff > 0, "and the changed targets do change their own NLLs (%d of %d)", diff, NT - CUT);
+
+	static int32_t gen[NT];
+	size_t ng = 0;
+	if (!check(lora_model_generate(m, longin + 7, NT, NT, gen, &ng, &err) == 0 && ng > 0,
+		   "generate up to %d tokens %s", NT, err.msg))
+		return;
+	struct lora_seq g = { longin + 7, NT, gen, ng };
+	float *lg = NULL;
+	size_t rows = 0;
+	int V = lora_model_info(m)->vocab, agree = 0;
+	if (!check(lora_model_logits(m, &g, &lg, &rows, &err) == 0 && rows == ng,
+		   "logits of the generated sequence %s", err.msg))
+		return;
+	for (size_t i = 0; i < ng; i++) {
+		int best = 0;
+		for (int j = 1; j < V; j++)
+			best = lg[i * V + j] > lg[i * V + best] ? j : best;
+		agree += best == gen[i];
+	}
+	free(lg);
+	check(agree == (int)ng, "greedy ids are the argmax of the batched forward's logits (%d of %zu)",
+	      agree, ng);
+}
+
 /* API edge cases on a generated model: an empty target inside a batch, a
  * zero-length generation, ids out of range, logits consistent with nll. */
 static void check_edges(const char *dir)
@@ -397,6 +447,7 @@ static void check_edges(const char *dir)
 	}
 	check(ok && worst <= 1e-5, "long sequences split into groups score as alone (max rel diff %.3g)",
 	      worst);
+	check_long_attention(m, longin);
 	free(longin);
 	lora_model_close(m);
 }

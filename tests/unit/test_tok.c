@@ -12,115 +12,21 @@
  */
 #include "check.h"
 #include "doc.h"
+#include "fixtures.h"
 #include "tok.h"
 
 #include <stdint.h>
-#include <time.h>
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static bool ids_equal(const struct lora_doc *arr, const int32_t *ids, size_t n)
-{
-	if (!arr || arr->type != LORA_DOC_ARRAY || arr->u.arr.n != n)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (arr->u.arr.items[i].type != LORA_DOC_INT || arr->u.arr.items[i].u.i != ids[i])
-			return false;
-	return true;
-}
-
-static void print_ids(const char *what, const int32_t *ids, size_t n)
-{
-	printf("#   %s:", what);
-	for (size_t i = 0; i < n && i < 40; i++)
-		printf(" %d", ids[i]);
-	printf("%s\n", n > 40 ? " ..." : "");
-}
-
-/* Compare one tokenizer with one golden file; returns matching lines. */
-static int run_golden(const struct lora_tok *t, const char *file, const char *key, bool verbose,
-		      bool cmp_decoded, int *lines)
-{
-	FILE *f = fopen(file, "r");
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
-	int good = 0, ln = 0, shown = 0;
-	*lines = 0;
-	if (!f)
-		return -1;
-	while ((len = getline(&line, &cap, f)) > 0) {
-		struct lora_doc *d = NULL;
-		struct lora_err err = {0};
-		ln++;
-		if (lora_doc_parse_buffer(line, (size_t)len, file, ln, &d, &err)) {
-			printf("# %s\n", err.msg);
-			continue;
-		}
-		(*lines)++;
-		const struct lora_doc *rec = lora_doc_get(d, key);
-		const char *text = NULL;
-		const struct lora_doc *tv = lora_doc_get(d, "text");
-		const char *want_dec = NULL;
-		lora_doc_get_string(rec, "decoded", file, &want_dec, NULL);
-		if (tv && tv->type == LORA_DOC_STRING)
-			text = tv->u.str.s;
-		int32_t *a = NULL, *b = NULL;
-		size_t na = 0, nb = 0;
-		char *dec = NULL;
-		bool ok = text && rec;
-		if (ok && lora_tok_encode(t, text, tv->u.str.len, true, &a, &na, &err)) {
-			printf("# line %d: %s\n", ln, err.msg);
-			ok = false;
-		}
-		if (ok && lora_tok_encode(t, text, tv->u.str.len, false, &b, &nb, &err))
-			ok = false;
-		if (ok && lora_tok_decode(t, a, na, true, &dec, &err))
-			ok = false;
-		bool ia = ok && ids_equal(lora_doc_get(rec, "ids"), a, na);
-		bool ib = ok && ids_equal(lora_doc_get(rec, "ids_no_special"), b, nb);
-		bool id = !cmp_decoded || (ok && want_dec && strcmp(want_dec, dec) == 0);
-		if (ia && ib && id)
-			good++;
-		else if (verbose && shown++ < 5) {
-			printf("# %s line %d mismatch (ids %d, no_special %d, decoded %d): %s\n",
-			       key, ln, ia, ib, id, text ? text : "?");
-			if (a)
-				print_ids("got", a, na);
-			if (dec)
-				printf("#   decoded: %s\n#   want:    %s\n", dec,
-				       want_dec ? want_dec : "?");
-		}
-		free(a);
-		free(b);
-		free(dec);
-		lora_doc_free(d);
-	}
-	free(line);
-	fclose(f);
-	return good;
-}
 
 /* Lines of a golden file whose `decoded` equals decode_ex(ids, flags). */
 static int count_slow_decoded(const struct lora_tok *t, const char *file, const char *key,
 			      unsigned flags)
 {
-	FILE *f = fopen(file, "r");
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
+	struct fx_jsonl j;
+	struct lora_doc *d;
 	int good = 0;
-	if (!f)
+	if (fx_jsonl_open(&j, file) < 0)
 		return -1;
-	while ((len = getline(&line, &cap, f)) > 0) {
-		struct lora_doc *d = NULL;
-		if (lora_doc_parse_buffer(line, (size_t)len, file, 1, &d, NULL))
-			continue;
+	while (fx_jsonl_next(&j, &d)) {
 		const struct lora_doc *rec = lora_doc_get(d, key);
 		const struct lora_doc *ids = rec ? lora_doc_get(rec, "ids") : NULL;
 		const char *want = NULL;
@@ -140,8 +46,7 @@ static int count_slow_decoded(const struct lora_tok *t, const char *file, const 
 		}
 		lora_doc_free(d);
 	}
-	free(line);
-	fclose(f);
+	fx_jsonl_close(&j);
 	return good;
 }
 
@@ -171,19 +76,19 @@ static void golden_tests(void)
 			check_skip("%s tokenizer (missing)", toks[k].dir);
 			continue;
 		}
-		double t0 = now();
+		double t0 = fx_now();
 		int rc = lora_tok_open(dir, &t, &err);
-		double t1 = now();
+		double t1 = fx_now();
 		if (!check(rc == 0, "open %s/tokenizer.json (%.3f s)", toks[k].dir, t1 - t0)) {
 			printf("# %s\n", err.msg);
 			continue;
 		}
 		int lines = 0, lines2 = 0;
-		int good = run_golden(t, fastp, toks[k].key, true, true, &lines);
+		int good = fx_tok_golden(t, fastp, toks[k].key, true, true, &lines);
 		check(good == lines && lines > 0,
 		      "%s: %d/%d lines of ids_fast.jsonl match (ids, ids_no_special, decoded)",
 		      toks[k].key, good, lines);
-		int sgood = run_golden(t, slowp, toks[k].key, false, false, &lines2);
+		int sgood = fx_tok_golden(t, slowp, toks[k].key, false, false, &lines2);
 		/* Not checked: the public set's fast/slow divergences are GPT-2 0,
 		 * T5 8, stories260K 2 lines (golden/README.md section 1). */
 		printf("# %s: %d/%d lines of the slow-tokenizer ids.jsonl match (ids and "
@@ -199,16 +104,11 @@ static void golden_tests(void)
 	}
 }
 
-static const char *write_file(const char *dir, const char *name, const char *text)
+/* fx_dir/name holding text; its path (fx_path), or NULL. */
+static const char *write_file(const char *name, const char *text)
 {
-	static char path[8192];
-	snprintf(path, sizeof path, "%s/%s", dir, name);
-	FILE *f = fopen(path, "w");
-	if (!f)
-		return NULL;
-	fputs(text, f);
-	fclose(f);
-	return path;
+	char *path = fx_path(name);
+	return fx_spit(path, text, strlen(text)) == 0 ? path : NULL;
 }
 
 static bool enc_is(const struct lora_tok *t, const char *text, bool special, const int32_t *want,
@@ -223,7 +123,7 @@ static bool enc_is(const struct lora_tok *t, const char *text, bool special, con
 	}
 	bool ok = n == nwant && (n == 0 || memcmp(ids, want, n * sizeof *ids) == 0);
 	if (!ok)
-		print_ids(text, ids, n);
+		fx_print_ids(text, ids, n);
 	free(ids);
 	return ok;
 }
@@ -346,16 +246,13 @@ static const char *TINY_PREFIX =
 
 static void tiny_tests(void)
 {
-	char dirbuf[4096];
-	const char *root = getenv("LORA_TMP");
-	snprintf(dirbuf, sizeof dirbuf, "%s/test_tok.XXXXXX", root && *root ? root : "/tmp");
-	const char *dir = mkdtemp(dirbuf);
+	const char *dir = fx_init("test_tok");
 	struct lora_tok *t = NULL;
 	struct lora_err err = {0};
 	char path[8400];
 	if (!check(dir != NULL, "temporary directory"))
 		return;
-	snprintf(path, sizeof path, "%s", write_file(dir, "bpe.json", TINY_BPE));
+	snprintf(path, sizeof path, "%s", write_file("bpe.json", TINY_BPE));
 	if (check(lora_tok_open(path, &t, &err) == 0, "open tiny BPE tokenizer.json")) {
 		/* "abc ab!": words "abc", " ab", "!"; " ab" = Ġ a b -> Ġa b -> Ġab (rank 3) */
 		check(enc_is(t, "abc ab!", false, (int32_t[]){6, 8, 9}, 3), "BPE merges by rank");
@@ -388,7 +285,7 @@ static void tiny_tests(void)
 		printf("# %s\n", err.msg);
 	}
 
-	snprintf(path, sizeof path, "%s", write_file(dir, "uni.json", TINY_UNIGRAM));
+	snprintf(path, sizeof path, "%s", write_file("uni.json", TINY_UNIGRAM));
 	t = NULL;
 	if (check(lora_tok_open(path, &t, &err) == 0, "open tiny Unigram tokenizer.json")) {
 		/* "ab  ab": NFKC, spaces collapsed, "▁ab▁ab" -> ▁ab (-4) beats ▁a+b (-6.5) */
@@ -410,7 +307,7 @@ static void tiny_tests(void)
 		printf("# %s\n", err.msg);
 	}
 
-	snprintf(path, sizeof path, "%s", write_file(dir, "spbpe.json", TINY_SPBPE));
+	snprintf(path, sizeof path, "%s", write_file("spbpe.json", TINY_SPBPE));
 	t = NULL;
 	if (check(lora_tok_open(path, &t, &err) == 0, "open tiny SentencePiece-style BPE")) {
 		/* "▁ab▁é": ▁a (rank 0) then ▁a+b (rank 2); é has no piece -> bytes */
@@ -443,7 +340,7 @@ static void tiny_tests(void)
 		printf("# %s\n", err.msg);
 	}
 
-	snprintf(path, sizeof path, "%s", write_file(dir, "prefix.json", TINY_PREFIX));
+	snprintf(path, sizeof path, "%s", write_file("prefix.json", TINY_PREFIX));
 	t = NULL;
 	if (check(lora_tok_open(path, &t, &err) == 0,
 		  "open tiny BPE with ## prefix and </w> suffix")) {
@@ -474,17 +371,17 @@ static void tiny_tests(void)
 	check(rc == LORA_ENOTFOUND && t == NULL && strstr(err.msg, "does-not-exist"),
 	      "missing file: %s", err.msg);
 	snprintf(path, sizeof path, "%s",
-		 write_file(dir, "bad.json", "{\"model\": {\"type\": \"BPE\", "));
+		 write_file("bad.json", "{\"model\": {\"type\": \"BPE\", "));
 	rc = lora_tok_open(path, &t, &err);
 	check(rc == LORA_EFORMAT && t == NULL, "malformed JSON: %s", err.msg);
 	snprintf(path, sizeof path, "%s",
-		 write_file(dir, "wp.json",
+		 write_file("wp.json",
 			    "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}"));
 	rc = lora_tok_open(path, &t, &err);
 	check(rc == LORA_EUNSUPPORTED && strstr(err.msg, "WordPiece"),
 	      "unsupported model type named: %s", err.msg);
 	snprintf(path, sizeof path, "%s",
-		 write_file(dir, "m.json",
+		 write_file("m.json",
 			    "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": "
 			    "[\"a b\"]}}"));
 	rc = lora_tok_open(path, &t, &err);

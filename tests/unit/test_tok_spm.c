@@ -11,128 +11,10 @@
 #include "check.h"
 #include "doc.h"
 #include "err.h"
+#include "fixtures.h"
 #include "tok.h"
 
 #include <stdint.h>
-#include <time.h>
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static bool ids_equal(const struct lora_doc *arr, const int32_t *ids, size_t n)
-{
-	if (!arr || arr->type != LORA_DOC_ARRAY || arr->u.arr.n != n)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (arr->u.arr.items[i].type != LORA_DOC_INT || arr->u.arr.items[i].u.i != ids[i])
-			return false;
-	return true;
-}
-
-/* Lines of the golden file where ids, ids_no_special and decoded match. */
-static int run_golden(const struct lora_tok *t, const char *file, const char *key, int *lines)
-{
-	FILE *f = fopen(file, "r");
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
-	int good = 0, ln = 0, shown = 0;
-	*lines = 0;
-	if (!f)
-		return -1;
-	while ((len = getline(&line, &cap, f)) > 0) {
-		struct lora_doc *d = NULL;
-		struct lora_err err = {0};
-		ln++;
-		if (lora_doc_parse_buffer(line, (size_t)len, file, ln, &d, &err)) {
-			printf("# %s\n", err.msg);
-			continue;
-		}
-		(*lines)++;
-		const struct lora_doc *rec = lora_doc_get(d, key);
-		const struct lora_doc *tv = lora_doc_get(d, "text");
-		const char *want_dec = NULL;
-		lora_doc_get_string(rec, "decoded", file, &want_dec, NULL);
-		int32_t *a = NULL, *b = NULL;
-		size_t na = 0, nb = 0;
-		char *dec = NULL;
-		bool ok = tv && tv->type == LORA_DOC_STRING && rec;
-		if (ok && lora_tok_encode(t, tv->u.str.s, tv->u.str.len, true, &a, &na, &err)) {
-			printf("# line %d: %s\n", ln, err.msg);
-			ok = false;
-		}
-		if (ok && lora_tok_encode(t, tv->u.str.s, tv->u.str.len, false, &b, &nb, &err))
-			ok = false;
-		if (ok && lora_tok_decode(t, a, na, true, &dec, &err))
-			ok = false;
-		bool ia = ok && ids_equal(lora_doc_get(rec, "ids"), a, na);
-		bool ib = ok && ids_equal(lora_doc_get(rec, "ids_no_special"), b, nb);
-		bool id = ok && want_dec && strcmp(want_dec, dec) == 0;
-		if (ia && ib && id)
-			good++;
-		else if (shown++ < 5) {
-			printf("# %s line %d mismatch (ids %d, no_special %d, decoded %d)\n", key, ln,
-			       ia, ib, id);
-			for (size_t i = 0; a && i < na && i < 40; i++)
-				printf("%s%d", i ? " " : "#   got:", a[i]);
-			printf("\n");
-		}
-		free(a);
-		free(b);
-		free(dec);
-		lora_doc_free(d);
-	}
-	free(line);
-	fclose(f);
-	return good;
-}
-
-static int copy_file(const char *from, const char *to)
-{
-	FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
-	char buf[65536];
-	size_t n;
-	int rc = a && b ? 0 : -1;
-	while (!rc && (n = fread(buf, 1, sizeof buf, a)) > 0)
-		if (fwrite(buf, 1, n, b) != n)
-			rc = -1;
-	if (a)
-		fclose(a);
-	if (b && fclose(b))
-		rc = -1;
-	return rc;
-}
-
-static unsigned char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	unsigned char *b = NULL;
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	if (n > 0 && (b = malloc((size_t)n)) && fread(b, 1, (size_t)n, f) != (size_t)n) {
-		free(b);
-		b = NULL;
-	}
-	fclose(f);
-	*len = b ? (size_t)n : 0;
-	return b;
-}
-
-static int spit(const char *path, const void *p, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-	if (!f)
-		return -1;
-	size_t w = fwrite(p, 1, n, f);
-	return fclose(f) || w != n ? -1 : 0;
-}
 
 /* Open dir; return the error code and copy the message. */
 static int open_msg(const char *dir, char *msg, size_t cap)
@@ -207,7 +89,7 @@ static void test_errors(const char *tmp)
 	size_t n = tiny_model(buf, false);
 	struct lora_tok *t = NULL;
 	struct lora_err err = {0};
-	spit(path, buf, n);
+	fx_spit(path, buf, n);
 	int rc = lora_tok_open(dir, &t, &err);
 	check(rc == 0, "hand-made BPE ModelProto loads (%s)", rc ? err.msg : "ok");
 	if (!rc) {
@@ -222,7 +104,7 @@ static void test_errors(const char *tmp)
 		lora_tok_close(t);
 	}
 
-	spit(path, buf, n - 3);
+	fx_spit(path, buf, n - 3);
 	rc = open_msg(dir, msg, sizeof msg);
 	check(rc == LORA_EFORMAT && strstr(msg, path) && strstr(msg, "truncated"),
 	      "truncated file: %s", msg);
@@ -230,24 +112,24 @@ static void test_errors(const char *tmp)
 	unsigned char bw[2048];
 	memcpy(bw, buf, n);
 	bw[0] = 0x0b; /* field 1, wire type 3 (group start) */
-	spit(path, bw, n);
+	fx_spit(path, bw, n);
 	rc = open_msg(dir, msg, sizeof msg);
 	check(rc == LORA_EFORMAT && strstr(msg, path) && strstr(msg, "wire type"),
 	      "bad wire type: %s", msg);
 
 	bw[0] = 0x0d; /* field 1 (pieces) as a fixed32 */
-	spit(path, bw, n);
+	fx_spit(path, bw, n);
 	rc = open_msg(dir, msg, sizeof msg);
 	check(rc == LORA_EFORMAT && strstr(msg, path) && strstr(msg, "wire type"),
 	      "pieces with the wrong wire type: %s", msg);
 
 	n = tiny_model(buf, true);
-	spit(path, buf, n);
+	fx_spit(path, buf, n);
 	rc = open_msg(dir, msg, sizeof msg);
 	check(rc == LORA_EFORMAT && strstr(msg, path) && strstr(msg, "piece 4 has no string"),
 	      "a piece without a string: %s", msg);
 
-	spit(path, "", 0);
+	fx_spit(path, "", 0);
 	rc = open_msg(dir, msg, sizeof msg);
 	check(rc == LORA_EFORMAT && strstr(msg, path), "empty file: %s", msg);
 
@@ -262,7 +144,7 @@ static void test_errors(const char *tmp)
 static void fuzz(const char *tmp, const char *src)
 {
 	size_t len;
-	unsigned char *orig = slurp(src, &len), *b;
+	unsigned char *orig = (unsigned char *)fx_slurp(src, &len), *b;
 	char dir[4200], path[4300];
 	if (!orig || !(b = malloc(len))) {
 		free(orig);
@@ -274,8 +156,8 @@ static void fuzz(const char *tmp, const char *src)
 	snprintf(path, sizeof path, "%s/tokenizer.model", dir);
 	uint64_t s = 0x9e3779b97f4a7c15ULL;
 	int tries = 0, loaded = 0;
-	double t0 = now();
-	while (now() - t0 < 1.0 && tries < 2000) {
+	double t0 = fx_now();
+	while (fx_now() - t0 < 1.0 && tries < 2000) {
 		memcpy(b, orig, len);
 		size_t n = len;
 		int k = 1 + (int)((s >> 7) % 8);
@@ -297,7 +179,7 @@ static void fuzz(const char *tmp, const char *src)
 				break;
 			}
 		}
-		spit(path, b, n);
+		fx_spit(path, b, n);
 		struct lora_tok *t = NULL;
 		struct lora_err err = {0};
 		if (lora_tok_open(dir, &t, &err) == 0) {
@@ -324,7 +206,7 @@ static void fuzz(const char *tmp, const char *src)
 
 int main(void)
 {
-	const char *tmp = check_tmpdir("test_tok_spm");
+	const char *tmp = fx_init("test_tok_spm");
 	const char *fast = check_shared("golden/tokenizer/ids_fast.jsonl");
 	if (!tmp) {
 		check(0, "tmpdir");
@@ -355,7 +237,7 @@ int main(void)
 		snprintf(dir, sizeof dir, "%s/%s", tmp, toks[k].key);
 		mkdir(dir, 0777);
 		snprintf(dst, sizeof dst, "%s/%s", dir, toks[k].model);
-		int crc = copy_file(src, dst);
+		int crc = fx_copy(src, dst);
 		check(crc == 0, "%s: copied %s alone into a temp dir", toks[k].key, toks[k].model);
 		struct lora_tok *t = NULL;
 		struct lora_err err = {0};
@@ -369,16 +251,16 @@ int main(void)
 				if (cs) {
 					snprintf(src, sizeof src, "%s", cs);
 					snprintf(dst, sizeof dst, "%s/%s", dir, cfgs[c]);
-					crc |= copy_file(src, dst);
+					crc |= fx_copy(src, dst);
 				}
 			}
 			const char *how = pass ? "with its configs" : "alone";
-			double t0 = now();
+			double t0 = fx_now();
 			int rc = crc ? -1 : lora_tok_open(dir, &t, &err);
 			if (!check(rc == 0, "%s: open %s %s (%.3f s) %s", toks[k].key,
-				   toks[k].model, how, now() - t0, rc ? err.msg : ""))
+				   toks[k].model, how, fx_now() - t0, rc ? err.msg : ""))
 				continue;
-			int lines = 0, good = run_golden(t, fastp, toks[k].key, &lines);
+			int lines = 0, good = fx_tok_golden(t, fastp, toks[k].key, true, true, &lines);
 			check(lines > 0 && good == lines,
 			      "%s from %s %s: %d/%d golden lines match (ids, ids_no_special, "
 			      "decoded)",
