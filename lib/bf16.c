@@ -421,11 +421,6 @@ TARGET static void rows_item(void *ctx, int item, int worker)
 
 static bool m_split(const struct lora_bf16_mat *w)
 {
-#ifdef BF16_TUNE
-	const char *e = getenv("BF16_MODE");
-	if (e && *e)
-		return *e == 'm';
-#endif
 	return w->bytes <= (size_t)M_SPLIT_BYTES;
 }
 

@@ -4,7 +4,10 @@
  * with W [out, in] (w_trans, the PyTorch Linear) or [in, out] (GPT-2's
  * Conv1D), A [R, in], B [out, R]. The base weight W is never written.
  *
- * Two ways to apply the deltas, chosen per call by lora_linear_fold_pays:
+ * Two ways to apply the deltas, chosen per call by lora_linear_fold_pays when
+ * the caller passes a fold buffer (lib/model.c passes one only under
+ * LORA_LINEAR_FOLD=1: the default is the unmerged form lora-eval(1) promises,
+ * which bench_forward measured within 1% of the fold on a quiet machine):
  *   - unmerged: the base sgemm, then, row-blocked over the tokens on the
  *     worker pool (one OpenBLAS thread per worker), u = x_blk·A^T [blk, R]
  *     and y_blk += s·u·B^T while the block is in cache. Costs 2·T·R·(in+out)

@@ -69,7 +69,7 @@ struct lora_model {
 	float *fslab;
 	size_t fslab_cap, fold_cap;
 	float *fold;
-	bool no_fold;		/* LORA_LINEAR_FOLD=0: deltas always unmerged */
+	bool no_fold;		/* unless LORA_LINEAR_FOLD=1: deltas always unmerged */
 	int32_t *eos_ids;	/* info.eos_ids: the ids that stop generation */
 	struct lora_bf16_mat **bf16;	/* lora_model_set_bf16: packed lins[i], registered */
 	const float **bf16_key;		/* under the f32 weight's address */
@@ -417,7 +417,7 @@ int lora_model_set_adapter(struct lora_model *m, const struct lora_adapter *a,
 	if (!rc && grow_floats(&m->fslab, &m->fslab_cap, total) < 0)
 		rc = lora_errf(err, LORA_ENOMEM, "out of memory attaching adapter '%s'", an);
 	const char *nf = getenv("LORA_LINEAR_FOLD");
-	m->no_fold = nf && !strcmp(nf, "0");
+	m->no_fold = !(nf && !strcmp(nf, "1"));
 	/* without a fold buffer the deltas are applied unmerged: slower, same
 	 * numbers up to rounding, so a failed allocation is not an error */
 	if (!rc && !m->no_fold && grow_floats(&m->fold, &m->fold_cap, fold) < 0) {
