@@ -93,12 +93,13 @@ struct delta_job {
 	float *y;
 	const float *x;
 	const struct lora_delta *d;
-	int nd, T, in, out;
+	int nd, T, in, out, rmax;
 	float *scratch;
 };
 
-/* Tokens [t, t+m): u = x·A^T into the block's own rows of scratch (so the
- * workers never share any), then y += s·u·B^T. */
+/* Tokens [t, t+m): u = x·A^T into the block's own rows of scratch, rows of
+ * the largest rank (so blocks working on deltas of different ranks never
+ * share any), then y += s·u·B^T. */
 static void delta_unit(void *ctx, int u, int worker)
 {
 	(void)worker;
@@ -108,7 +109,7 @@ static void delta_unit(void *ctx, int u, int worker)
 	float *y = j->y + (size_t)t * j->out;
 	for (int k = 0; k < j->nd; k++) {
 		const struct lora_delta *d = &j->d[k];
-		float *ub = j->scratch + (size_t)t * d->r;
+		float *ub = j->scratch + (size_t)t * j->rmax;
 		lora_gemm(false, true, m, d->r, j->in, 1.0f, x, j->in, d->a, j->in, 0.0f, ub, d->r);
 		lora_gemm(false, true, m, j->out, d->r, d->scale, ub, d->r, d->b, d->r, 1.0f, y,
 			  j->out);
@@ -135,7 +136,10 @@ void lora_linear_ex(float *y, const float *x, const float *w, bool w_trans, cons
 		add_bias(y, bias, T, out);
 	if (n_deltas <= 0)
 		return;
-	struct delta_job j = {y, x, deltas, n_deltas, T, in, out, scratch};
+	int rmax = 0;
+	for (int k = 0; k < n_deltas; k++)
+		rmax = deltas[k].r > rmax ? deltas[k].r : rmax;
+	struct delta_job j = {y, x, deltas, n_deltas, T, in, out, rmax, scratch};
 	lora_parallel_for((T + DELTA_BLK - 1) / DELTA_BLK, delta_unit, &j);
 }
 
