@@ -12,7 +12,7 @@
  * decoder, cross-attention K/V over the encoder rows, the vocabulary head,
  * the LoRA factors) + 2 x 2 x the attention products (QK^T and PV, per
  * head). The sgemm reference runs every Linear product of the step (same
- * M, K, N, same count) straight through lora_matmul (cblas_sgemm) in the same
+ * M, K, N, same count) straight through cblas_sgemm, with OpenBLAS's own threads, in the same
  * process; "of sgemm" = model GFLOP/s / that rate.
  *
  * Usage: bench_t5 [small|large|all] [steps]   (default: all; 10 / 3 steps)
@@ -23,6 +23,8 @@
  * AVX-512 and the variable is unset (LORA_NO_REEXEC=1 disables), as the
  * tools do.
  */
+#include <cblas.h>
+
 #include "bf16.h"
 #include "cpu.h"
 #include "model.h"
@@ -390,6 +392,10 @@ static void bench(const struct shape *s, int steps)
 		sum += b;
 		best = b < best ? b : best;
 		cpu_best = bc < cpu_best ? bc : cpu_best;
+		/* the reference is OpenBLAS's own threading, as in bench_forward
+		 * (the library's pool keeps OpenBLAS at one thread otherwise) */
+		int saved_threads = openblas_get_num_threads();
+		openblas_set_num_threads(lora_parallel_workers());
 		for (int hot = 0; hot < 2 && !no_sgemm; hot++) {
 			a = now();
 			ac = cpu();
@@ -398,8 +404,9 @@ static void bench(const struct shape *s, int steps)
 					size_t wn = (size_t)mms[i].K * mms[i].N;
 					if (at + wn > pool)
 						at = 0;
-					lora_matmul(Cc, A, hot ? B : B + at, mms[i].M, mms[i].K, mms[i].N,
-						    true, 1.0f, 0.0f);
+					cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mms[i].M,
+						    mms[i].N, mms[i].K, 1.0f, A, mms[i].K,
+						    hot ? B : B + at, mms[i].K, 0.0f, Cc, mms[i].N);
 					at += (wn + 15) & ~(size_t)15;
 				}
 			b = now() - a;
@@ -407,6 +414,7 @@ static void bench(const struct shape *s, int steps)
 			sg_best[hot] = b < sg_best[hot] ? b : sg_best[hot];
 			sg_cpu[hot] = bc < sg_cpu[hot] ? bc : sg_cpu[hot];
 		}
+		openblas_set_num_threads(saved_threads);
 	}
 	double mean = sum / steps;
 	double loss = 0;
