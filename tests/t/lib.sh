@@ -82,6 +82,15 @@ test_grep() {
 	fi
 }
 
+# A golden model's directory by its name in golden/ (stories260K is the real
+# model beside it).
+golden_model_dir() {
+	case $1 in
+	stories260K) echo "$LORA_SHARED/stories260K-hf" ;;
+	*) echo "$LORA_SHARED/golden/models/$1" ;;
+	esac
+}
+
 need_shared() {
 	[ -n "${LORA_SHARED:-}" ] || return 1
 	for d in "$@"; do

@@ -16,13 +16,6 @@ if ! need_shared golden stories260K-hf; then
 fi
 G=$LORA_SHARED/golden
 
-# model name in golden/ -> model directory
-mdir() {
-	case $1 in
-	stories260K) echo "$LORA_SHARED/stories260K-hf" ;;
-	*) echo "$G/models/$1" ;;
-	esac
-}
 
 # test_expect_success, then the "# max rel diff" line check-scores printed
 expect_golden() {
@@ -32,7 +25,7 @@ expect_golden() {
 
 for m in stories260K llama-tiny gpt2-tiny t5-tiny t5-tiny-v1; do
 	expect_golden "$m: empty stream scores the base model (loss to 1e-4)" '
-		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" </dev/null >s &&
+		lora-eval -m "$(golden_model_dir '$m')" -d "$G/examples/'$m'.jsonl" </dev/null >s &&
 		$LIB check-scores s count=1 0:kind=score 0:examples=6 0:loss~"$G/eval/'$m'/base.json"
 	'
 done
@@ -55,7 +48,7 @@ for m in llama-tiny t5-tiny; do
 		{ cat pool &&
 		  $LIB weights pool_0=0.4,pool_1=0.3,pool_2=0.2,pool_3=0.6,pool_4=0.5 --id 11 &&
 		  $LIB weights pool_0=0.5,pool_1=-0.3,pool_2=1.2,pool_3=0.1,pool_4=-0.7 --id 12; } >in &&
-		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" <in >s &&
+		lora-eval -m "$(golden_model_dir '$m')" -d "$G/examples/'$m'.jsonl" <in >s &&
 		$LIB check-scores s count=2 0:id=11 1:id=12 \
 			0:loss~"$G/eval/'$m'/lorahub_wA.json" 1:loss~"$G/eval/'$m'/lorahub_wB.json"
 	'
@@ -63,7 +56,7 @@ done
 
 for m in stories260K llama-tiny gpt2-tiny t5-tiny t5-tiny-v1; do
 	test_expect_success "$m: --generate reproduces the greedy texts" '
-		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" -g --max-new-tokens 8 \
+		lora-eval -m "$(golden_model_dir '$m')" -d "$G/examples/'$m'.jsonl" -g --max-new-tokens 8 \
 			--predictions p.jsonl </dev/null >s &&
 		$LIB check-scores s gen:p.jsonl~"$G/eval/'$m'/base.json" 0:accuracy=0.0 0:predictions#=6
 	'

@@ -18,12 +18,6 @@ if ! need_shared golden stories260K-hf; then
 fi
 G=$LORA_SHARED/golden
 
-mdir() {
-	case $1 in
-	stories260K) echo "$LORA_SHARED/stories260K-hf" ;;
-	*) echo "$G/models/$1" ;;
-	esac
-}
 
 test_expect_success 'refused with a clear message on a CPU without AVX512-BF16 (test hook)' '
 	LORA_BF16_UNSUPPORTED=1 test_exit 1 lora-eval --bf16 -m "$G/models/llama-tiny" \
@@ -42,8 +36,8 @@ unset LORA_BF16_UNSUPPORTED
 
 for m in stories260K llama-tiny gpt2-tiny t5-tiny t5-tiny-v1; do
 	test_expect_success "$m: --bf16 loss within 2e-3 of the f32 golden, and not the f32 value" '
-		lora-eval -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" </dev/null >f32 &&
-		lora-eval --bf16 -m "$(mdir '$m')" -d "$G/examples/'$m'.jsonl" </dev/null >s &&
+		lora-eval -m "$(golden_model_dir '$m')" -d "$G/examples/'$m'.jsonl" </dev/null >f32 &&
+		lora-eval --bf16 -m "$(golden_model_dir '$m')" -d "$G/examples/'$m'.jsonl" </dev/null >s &&
 		$LIB check-scores s --rtol 2e-3 count=1 0:examples=6 0:loss~"$G/eval/'$m'/base.json" \
 			0:loss!=@f32
 	'
