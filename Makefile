@@ -66,7 +66,7 @@ $(B)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(B)/liblora.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -Itests/unit -o $@ $< $(B)/liblora.a $(LDLIBS_ALL)
 
-$(B)/bench/%: bench/%.c $(B)/liblora.a
+$(B)/bench/%: bench/%.c $(wildcard bench/*.h) $(B)/liblora.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(B)/liblora.a $(LDLIBS_ALL)
 

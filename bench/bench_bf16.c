@@ -20,41 +20,13 @@
 #include <time.h>
 
 #include "bf16.h"
+#include "bench.h"
 #include "cpu.h"
 #include "ops.h"
 
 char *openblas_get_corename(void);
 
 enum { REPS = 5 };
-
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-
-static float frand(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static float *rand_tensor(size_t n, float scale)
-{
-	float *p = malloc(n * sizeof *p);
-	if (!p) {
-		fprintf(stderr, "bench_bf16: out of memory\n");
-		exit(1);
-	}
-	for (size_t i = 0; i < n; i++)
-		p[i] = frand() * scale;
-	return p;
-}
 
 struct shape {
 	const char *model;
@@ -94,9 +66,9 @@ int main(int argc, char **argv)
 	for (size_t s = 0; s < ns; s++) {
 		const struct shape *sh = &shapes[s];
 		int M = sh->M, K = sh->K, N = sh->N;
-		float *x = rand_tensor((size_t)M * K, 1);
-		float *w = rand_tensor((size_t)N * K, 1 / sqrtf((float)K));
-		float *y1 = rand_tensor((size_t)M * N, 1), *y2 = rand_tensor((size_t)M * N, 1);
+		float *x = bench_rand_tensor((size_t)M * K, 1);
+		float *w = bench_rand_tensor((size_t)N * K, 1 / sqrtf((float)K));
+		float *y1 = bench_rand_tensor((size_t)M * N, 1), *y2 = bench_rand_tensor((size_t)M * N, 1);
 		struct lora_bf16_mat *pw;
 		struct lora_err err;
 		if (lora_bf16_pack_f32(w, N, K, true, &pw, &err) < 0) {
@@ -107,16 +79,16 @@ int main(int argc, char **argv)
 		int calls = (int)(0.05 * 300e9 / flop) + 1;
 		double best_sg = 1e30, best_bf = 1e30;
 		for (int rep = 0; rep < REPS; rep++) {
-			double t0 = now();
+			double t0 = bench_now();
 			for (int c = 0; c < calls; c++)
 				lora_matmul(y1, x, w, M, K, N, true, 1.0f, 0.0f);
-			double t1 = now();
+			double t1 = bench_now();
 			for (int c = 0; c < calls; c++)
 				if (lora_bf16_gemm(y2, N, x, K, pw, M, 0.0f) < 0) {
 					fprintf(stderr, "bench_bf16: out of memory\n");
 					return 1;
 				}
-			double t2 = now();
+			double t2 = bench_now();
 			best_sg = (t1 - t0) / calls < best_sg ? (t1 - t0) / calls : best_sg;
 			best_bf = (t2 - t1) / calls < best_bf ? (t2 - t1) / calls : best_bf;
 		}

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "cpu.h"
 #include "merge.h"
 #include "model.h"
@@ -33,23 +34,6 @@
 
 enum { C = 576, NH = 9, NKV = 3, HS = 64, F = 1536, L = 30, V = 49152, R = 16, POOL = 20 };
 enum { NSEQ = 5, NIN = 190, NTG = 10 };
-
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-
-static float frand(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* The median of n values (sorted in place). */
 static double median(double *v, int n)
@@ -61,26 +45,6 @@ static double median(double *v, int n)
 			v[j - 1] = t;
 		}
 	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* CPU time of the whole process (every thread). */
-static double cpu_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static float *rand_tensor(size_t n, float scale)
-{
-	float *p = malloc(n * sizeof *p);
-	if (!p) {
-		fprintf(stderr, "bench_forward: out of memory\n");
-		exit(1);
-	}
-	for (size_t i = 0; i < n; i++)
-		p[i] = frand() * scale;
-	return p;
 }
 
 struct tspec {
@@ -128,10 +92,10 @@ static int write_model(const char *dir, const char *tokjson)
 	for (size_t i = 0; i < n; i++) {
 		size_t numel = (size_t)sp[i].rows * (size_t)(sp[i].cols ? sp[i].cols : 1);
 		float scale = sp[i].cols ? 1.7f / sqrtf((float)sp[i].cols) : 0.0f;
-		float *d = rand_tensor(numel, scale);
+		float *d = bench_rand_tensor(numel, scale);
 		if (!sp[i].cols)
 			for (size_t q = 0; q < numel; q++)
-				d[q] = 1.0f + 0.1f * frand();
+				d[q] = 1.0f + 0.1f * bench_frand();
 		t[i].name = sp[i].name;
 		t[i].dtype = LORA_F32;
 		t[i].ndim = sp[i].cols ? 2 : 1;
@@ -160,21 +124,21 @@ static double sgemm_rate(int M)
 	int saved = openblas_get_num_threads();
 	openblas_set_num_threads(lora_parallel_workers());
 	const int shp[7][2] = {{NH * HS, C}, {NKV * HS, C}, {NKV * HS, C}, {C, NH * HS}, {F, C}, {F, C}, {C, F}};
-	float *x = rand_tensor((size_t)M * F, 1), *y = rand_tensor((size_t)M * F, 1);
+	float *x = bench_rand_tensor((size_t)M * F, 1), *y = bench_rand_tensor((size_t)M * F, 1);
 	float *w[7];
 	double flop = 0;
 	for (int j = 0; j < 7; j++) {
-		w[j] = rand_tensor((size_t)shp[j][0] * shp[j][1], 0.05f);
+		w[j] = bench_rand_tensor((size_t)shp[j][0] * shp[j][1], 0.05f);
 		flop += 2.0 * M * shp[j][0] * shp[j][1];
 	}
 	double best = 0;
 	for (int rep = 0; rep < 1; rep++) {
-		double t0 = now();
+		double t0 = bench_now();
 		for (int l = 0; l < L; l++)
 			for (int j = 0; j < 7; j++)
 				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, shp[j][0], shp[j][1],
 					    1.0f, x, shp[j][1], w[j], shp[j][1], 0.0f, y, shp[j][0]);
-		double r = flop * L / (now() - t0) / 1e9;
+		double r = flop * L / (bench_now() - t0) / 1e9;
 		best = r > best ? r : best;
 	}
 	openblas_set_num_threads(saved);
@@ -209,9 +173,9 @@ static void make_adapter(struct lora_adapter *a, int idx)
 			lora_tensor_alloc2(&m->b, LORA_F32, out, R, &err);
 			float *pa = m->a.data, *pb = m->b.data;
 			for (int i = 0; i < R * C; i++)
-				pa[i] = frand() / sqrtf((float)C);
+				pa[i] = bench_frand() / sqrtf((float)C);
 			for (int i = 0; i < out * R; i++)
-				pb[i] = frand() * 0.01f;
+				pb[i] = bench_frand() * 0.01f;
 		}
 }
 
@@ -250,9 +214,9 @@ int main(int argc, char **argv)
 	for (int s = 0; s < NSEQ; s++) {
 		in[s][0] = 1;
 		for (int i = 1; i < NIN; i++)
-			in[s][i] = (int32_t)(rng % V), frand();
+			in[s][i] = (int32_t)((bench_frand() + 1.0f) * 0.5f * (V - 1));
 		for (int i = 0; i < NTG; i++)
-			tg[s][i] = (int32_t)(rng % V), frand();
+			tg[s][i] = (int32_t)((bench_frand() + 1.0f) * 0.5f * (V - 1));
 		seqs[s] = (struct lora_seq){in[s], NIN, tg[s], NTG};
 	}
 	float nll[NSEQ * NTG];
@@ -266,12 +230,12 @@ int main(int argc, char **argv)
 	 * shared and noisy, and both sides should see the same conditions */
 	double fwd = 1e30, blas = 0;
 	for (int rep = 0; rep < 4; rep++) {
-		double t0 = now();
+		double t0 = bench_now();
 		if (lora_model_nll(m, seqs, NSEQ, nll, &err) < 0) {
 			fprintf(stderr, "bench_forward: %s\n", err.msg);
 			return 1;
 		}
-		double dt = now() - t0, b = sgemm_rate(T);
+		double dt = bench_now() - t0, b = sgemm_rate(T);
 		fwd = dt < fwd ? dt : fwd;
 		blas = b > blas ? b : blas;
 	}
@@ -304,7 +268,7 @@ int main(int argc, char **argv)
 		double tw[3], tc[3], tf[3];
 		for (int k = BASE; k <= UNMERGED; k++) {
 			struct lora_adapter merged = {0};
-			double t0 = now(), c0 = cpu_now();
+			double t0 = bench_now(), c0 = bench_cpu_now();
 			setenv("LORA_LINEAR_FOLD", k == UNMERGED ? "0" : "1", 1);
 			if (k == BASE)
 				lora_model_set_adapter(m, NULL, NULL);
@@ -313,12 +277,12 @@ int main(int argc, char **argv)
 				fprintf(stderr, "bench_forward: %s\n", err.msg);
 				return 1;
 			}
-			double t1 = now();
+			double t1 = bench_now();
 			if (lora_model_nll(m, seqs, NSEQ, nll, &err) < 0) {
 				fprintf(stderr, "bench_forward: %s\n", err.msg);
 				return 1;
 			}
-			double t2 = now(), c2 = cpu_now();
+			double t2 = bench_now(), c2 = bench_cpu_now();
 			lora_adapter_free(&merged);
 			if (k != BASE)
 				best_merge = t1 - t0 < best_merge ? t1 - t0 : best_merge;
