@@ -149,8 +149,11 @@ static void out_free(struct lora_adapter *out)
 	memset(out, 0, sizeof *out);
 }
 
-/* Allocate the result module's factors, f32 A [r, in] and B [out, r]. */
-static int module_alloc(struct lora_module *om, const struct job *j, int r, struct lora_err *err)
+/* Allocate the result module's factors, f32 A [r, in] and B [out, r]: zeroed,
+ * or left undefined (zero false) for a caller that writes every element (the
+ * lorahub merge: on a served pool the zeroing was a third of its time). */
+static int module_alloc(struct lora_module *om, const struct job *j, int r, bool zero,
+			struct lora_err *err)
 {
 	memset(om, 0, sizeof *om);
 	om->module = strdup(j->name);
@@ -158,9 +161,11 @@ static int module_alloc(struct lora_module *om, const struct job *j, int r, stru
 		return lora_errf(err, LORA_ENOMEM, "out of memory");
 	om->r = r;
 	om->alpha = r;
-	int rc = lora_tensor_alloc2(&om->a, LORA_F32, r, j->in, err);
+	int (*alloc)(struct lora_tensor *, enum lora_dtype, int64_t, int64_t, struct lora_err *) =
+		zero ? lora_tensor_alloc2 : lora_tensor_alloc2_uninit;
+	int rc = alloc(&om->a, LORA_F32, r, j->in, err);
 	if (!rc)
-		rc = lora_tensor_alloc2(&om->b, LORA_F32, j->out, r, err);
+		rc = alloc(&om->b, LORA_F32, j->out, r, err);
 	return rc;
 }
 
@@ -225,35 +230,6 @@ static void lh_factor(const struct job *j, const double *coef, bool is_b, float 
 	}
 }
 
-/* module_alloc without zeroing the factors, which lh_unit overwrites: on a
- * served pool the zeroing was a third of the merge (a pass over fresh pages). */
-static int module_alloc_raw(struct lora_module *om, const struct job *j, int r,
-			    struct lora_err *err)
-{
-	memset(om, 0, sizeof *om);
-	om->module = strdup(j->name);
-	if (!om->module)
-		return lora_errf(err, LORA_ENOMEM, "out of memory");
-	om->r = r;
-	om->alpha = r;
-	struct lora_tensor *t[2] = {&om->a, &om->b};
-	int64_t shp[2][2] = {{r, j->in}, {j->out, r}};
-	for (int k = 0; k < 2; k++) {
-		size_t n, bytes;
-		if (lora_shape_numel(shp[k], 2, &n) || lora_size_mul(n, sizeof(float), &bytes))
-			return lora_errf(err, LORA_ENOMEM, "module '%s': factor too large", j->name);
-		if (!(t[k]->data = malloc(bytes ? bytes : 1)))
-			return lora_errf(err, LORA_ENOMEM, "module '%s': out of memory", j->name);
-		t[k]->dtype = LORA_F32;
-		t[k]->ndim = 2;
-		t[k]->shape[0] = shp[k][0];
-		t[k]->shape[1] = shp[k][1];
-		t[k]->nbytes = bytes;
-		t[k]->owned = 1;
-	}
-	return 0;
-}
-
 /* The factors of one result module, filled in by lh_unit. */
 struct lh_task {
 	const struct job *j;
@@ -306,7 +282,7 @@ static int merge_lorahub_all(struct job *jobs, size_t nj, struct lora_adapter *o
 		if (rc)
 			break;
 		out->n_modules = k + 1;
-		if ((rc = module_alloc_raw(&out->modules[k], j, r, err)))
+		if ((rc = module_alloc(&out->modules[k], j, r, false, err)))
 			break;
 		t[k] = (struct lh_task){j, &out->modules[k], cp, cp + j->nc};
 		for (size_t i = 0; i < j->nc; i++) {
@@ -336,7 +312,7 @@ static int merge_linear(const struct job *j, struct lora_module *om, struct lora
 	int R = 0;
 	for (size_t i = 0; i < j->nc; i++)
 		R += j->c[i].r;
-	int rc = module_alloc(om, j, R, err);
+	int rc = module_alloc(om, j, R, true, err);
 	if (rc)
 		return rc;
 	float *fa = om->a.data, *fb = om->b.data;
@@ -553,7 +529,7 @@ static int merge_svd(const struct job *j, int K, struct lora_module *om, double 
 		rc = lora_errf(err, LORA_EINVAL, "module '%s': applying Q failed", j->name);
 		goto done;
 	}
-	rc = module_alloc(om, j, Ke, err);
+	rc = module_alloc(om, j, Ke, true, err);
 	if (!rc) {
 		float *fa = om->a.data, *fb = om->b.data;
 		/* Ao column-major in x Ke is A' row-major [Ke, in]. */
@@ -728,7 +704,7 @@ static int refactor(double *D, const struct job *j, int K, struct lora_module *o
 		*e_out = trunc_error(S, t, Ke);
 	}
 	*t_out = t;
-	rc = module_alloc(om, j, Ke, err);
+	rc = module_alloc(om, j, Ke, true, err);
 	if (rc)
 		goto done;
 	float *fa = om->a.data, *fb = om->b.data;

@@ -6,6 +6,7 @@
 #include "tensor.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,8 +175,8 @@ int lora_shape_numel(const int64_t *shape, int ndim, size_t *out)
 	return 0;
 }
 
-int lora_tensor_alloc2(struct lora_tensor *t, enum lora_dtype dt,
-		       int64_t rows, int64_t cols, struct lora_err *err)
+static int tensor_alloc2(struct lora_tensor *t, enum lora_dtype dt, int64_t rows, int64_t cols,
+			 bool zero, struct lora_err *err)
 {
 	memset(t, 0, sizeof *t);
 	int64_t shape[2] = { rows, cols };
@@ -184,7 +185,7 @@ int lora_tensor_alloc2(struct lora_tensor *t, enum lora_dtype dt,
 	    lora_size_mul(n, lora_dtype_size(dt), &bytes))
 		return lora_errf(err, LORA_ENOMEM, "tensor of shape [%lld,%lld] is too large",
 				 (long long)rows, (long long)cols);
-	t->data = calloc(bytes ? bytes : 1, 1);
+	t->data = zero ? calloc(bytes ? bytes : 1, 1) : malloc(bytes ? bytes : 1);
 	if (!t->data)
 		return lora_errf(err, LORA_ENOMEM, "out of memory allocating %zu bytes", bytes);
 	t->dtype = dt;
@@ -194,6 +195,18 @@ int lora_tensor_alloc2(struct lora_tensor *t, enum lora_dtype dt,
 	t->nbytes = bytes;
 	t->owned = 1;
 	return 0;
+}
+
+int lora_tensor_alloc2(struct lora_tensor *t, enum lora_dtype dt,
+		       int64_t rows, int64_t cols, struct lora_err *err)
+{
+	return tensor_alloc2(t, dt, rows, cols, true, err);
+}
+
+int lora_tensor_alloc2_uninit(struct lora_tensor *t, enum lora_dtype dt, int64_t rows,
+			      int64_t cols, struct lora_err *err)
+{
+	return tensor_alloc2(t, dt, rows, cols, false, err);
 }
 
 int lora_tensor_copy(struct lora_tensor *dst, const struct lora_tensor *src,

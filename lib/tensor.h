@@ -54,6 +54,10 @@ int lora_shape_numel(const int64_t *shape, int ndim, size_t *out);
 /* Allocate an owned, zeroed 2-D tensor [rows, cols] of dtype dt. */
 int lora_tensor_alloc2(struct lora_tensor *t, enum lora_dtype dt,
 		       int64_t rows, int64_t cols, struct lora_err *err);
+/* The same, contents left undefined: for a caller that writes every element
+ * (zeroing fresh pages is a pass of its own on large tensors). */
+int lora_tensor_alloc2_uninit(struct lora_tensor *t, enum lora_dtype dt, int64_t rows,
+			      int64_t cols, struct lora_err *err);
 /* Deep copy src into dst (dst becomes owned). */
 int lora_tensor_copy(struct lora_tensor *dst, const struct lora_tensor *src,
 		     struct lora_err *err);
