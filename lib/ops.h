@@ -82,4 +82,15 @@ void lora_relu(float *x, size_t n);
 /* Index of the largest value (first on ties). */
 int lora_argmax(const float *x, int n);
 
+/* The element-wise kernels above (exp, norms, softmax, nll_row, gelu_tanh,
+ * silu) run 16-lane AVX-512 code when the CPU has AVX-512F, 8-lane code
+ * (AVX2) otherwise; the choice is made at the first kernel call, and the
+ * environment variable LORA_NO_AVX512 (non-empty, not "0") forces 8 lanes.
+ * lora_ops_avx512() says whether the 16-lane path is in use.
+ * lora_ops_set_avx512(on) switches path (for tests and benchmarks; not while
+ * kernels run on other threads) and returns whether 16 lanes are now in use
+ * (false when the CPU lacks AVX-512F, whatever on is). */
+bool lora_ops_avx512(void);
+bool lora_ops_set_avx512(bool on);
+
 #endif

@@ -13,6 +13,8 @@
  *   fx_jsonl_*           the lines of a JSONL golden file, parsed
  *   fx_tok_golden        a tokenizer against golden/tokenizer/ids*.jsonl
  *   fx_now               monotonic seconds
+ *   fx_srand, fx_frand, fx_rand_vec
+ *                        a seedable xorshift64 source of test data
  *
  * Paths are at most 4 KiB; fx_path rotates four static buffers. Nothing
  * here is thread-safe. The golden file format is golden/README.md section 1:
@@ -325,6 +327,34 @@ static inline int fx_tok_golden(const struct lora_tok *t, const char *file, cons
 	}
 	fx_jsonl_close(&j);
 	return good;
+}
+
+/* The state of fx_frand: one xorshift64 stream per test program. */
+static uint64_t fx_rng __attribute__((unused)) = 88172645463325252ull;
+
+/* Restart fx_frand's stream from seed (non-zero). */
+static inline void fx_srand(uint64_t seed)
+{
+	fx_rng = seed ? seed : 88172645463325252ull;
+}
+
+/* Uniform in [-1, 1) (xorshift64, 53 bits rounded to float). */
+static inline float fx_frand(void)
+{
+	fx_rng ^= fx_rng << 13;
+	fx_rng ^= fx_rng >> 7;
+	fx_rng ^= fx_rng << 17;
+	return (float)((fx_rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+/* n floats uniform in [-scale, scale), malloc'd (the caller frees); NULL
+ * when out of memory. */
+static inline float *fx_rand_vec(size_t n, float scale)
+{
+	float *v = malloc((n ? n : 1) * sizeof *v);
+	for (size_t i = 0; v && i < n; i++)
+		v[i] = fx_frand() * scale;
+	return v;
 }
 
 #endif

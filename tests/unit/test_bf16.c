@@ -15,6 +15,7 @@
  * argmax agreement >= 90%.
  */
 #include "check.h"
+#include "fixtures.h"
 #include "bf16.h"
 #include "doc.h"
 #include "model.h"
@@ -23,32 +24,14 @@
 
 #include <stdint.h>
 
-static uint64_t rng = 0x2545F4914F6CDD1Dull;
-
-static float frand(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
-
-static float *rand_vec(size_t n, float scale)
-{
-	float *v = malloc(n * sizeof *v);
-	for (size_t i = 0; i < n; i++)
-		v[i] = frand() * scale;
-	return v;
-}
-
 /* One product: y[M, ldy] = beta*y + x[M, ldx] · W^T, checked against float64
  * over the bf16-rounded x and W. Returns the relative error of the bf16
  * result against the exact-input f32 product via *rel (max |d| / max |y|). */
 static void one(int M, int K, int N, bool wt, int ldx, int ldy, float beta, double *rel)
 {
-	float *x = rand_vec((size_t)M * ldx, 1);
-	float *w = rand_vec((size_t)N * K, 1);	/* [N,K] when wt, else [K,N] */
-	float *y0 = rand_vec((size_t)M * ldy, 1);
+	float *x = fx_rand_vec((size_t)M * ldx, 1);
+	float *w = fx_rand_vec((size_t)N * K, 1);	/* [N,K] when wt, else [K,N] */
+	float *y0 = fx_rand_vec((size_t)M * ldy, 1);
 	float *y = malloc((size_t)M * ldy * sizeof *y);
 	memcpy(y, y0, (size_t)M * ldy * sizeof *y);
 	struct lora_bf16_mat *pw;
@@ -133,7 +116,7 @@ static void test_shapes(void)
 static void test_pack_bf16(void)
 {
 	const int M = 9, K = 41, N = 35;
-	float *x = rand_vec((size_t)M * K, 1), *w = rand_vec((size_t)N * K, 1);
+	float *x = fx_rand_vec((size_t)M * K, 1), *w = fx_rand_vec((size_t)N * K, 1);
 	uint16_t *h = malloc((size_t)N * K * sizeof *h);
 	for (size_t i = 0; i < (size_t)N * K; i++) {
 		h[i] = lora_f32_to_bf16(w[i]);
@@ -304,6 +287,7 @@ static void test_models(void)
 
 int main(void)
 {
+	fx_srand(0x2545F4914F6CDD1Dull);
 	test_round();
 	test_registry();
 	struct lora_err err;
