@@ -8,8 +8,10 @@
  *   2. the cost of one new candidate in a served pool of 20 adapters
  *      (r 16 on q_proj and v_proj: LoraHub merge + attach + forward) against
  *      the forward alone, with the deltas unmerged (the default) and folded
- *      into a scratch weight (LORA_LINEAR_FOLD=1), in wall and CPU time,
- *      as best-of and as the median of paired runs (steadier on a shared host);
+ *      into a scratch weight (LORA_LINEAR_FOLD=1), in wall and CPU time: the
+ *      median and quartiles of 15 candidates each sandwiched between two
+ *      plain forwards (steadier on a shared host than best-of, also printed),
+ *      with the merge and attach times apart;
  *   3. peak RSS against the size of the weights on disk.
  * FLOPs: 2 x non-embedding parameters x tokens + the causal attention
  * products + the head on the scored rows (PERF-NOTES.md's convention).
@@ -18,6 +20,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +38,21 @@
 enum { C = 576, NH = 9, NKV = 3, HS = 64, F = 1536, L = 30, V = 49152, R = 16, POOL = 20 };
 enum { NSEQ = 5, NIN = 190, NTG = 10 };
 
-/* The median of n values (sorted in place). */
-static double median(double *v, int n)
+/* Order statistics of n values (sorted in place): the median, the lower
+ * and upper quartiles (linear interpolation between order statistics) and
+ * the extremes. */
+struct q3 {
+	double min, lo, med, hi, max;
+};
+
+static double at(const double *v, int n, double q)
+{
+	double pos = q * (n - 1);
+	int i = (int)pos;
+	return i + 1 < n ? v[i] + (pos - i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+static struct q3 quartiles(double *v, int n)
 {
 	for (int i = 1; i < n; i++)
 		for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
@@ -44,7 +60,7 @@ static double median(double *v, int n)
 			v[j] = v[j - 1];
 			v[j - 1] = t;
 		}
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+	return (struct q3){v[0], at(v, n, 0.25), at(v, n, 0.5), at(v, n, 0.75), v[n - 1]};
 }
 
 struct tspec {
@@ -229,7 +245,7 @@ int main(int argc, char **argv)
 	/* forward and plain sgemm interleaved, best of each: the hosts are
 	 * shared and noisy, and both sides should see the same conditions */
 	double fwd = 1e30, blas = 0;
-	for (int rep = 0; rep < 4; rep++) {
+	for (int rep = 0; rep < 3; rep++) {
 		double t0 = bench_now();
 		if (lora_model_nll(m, seqs, NSEQ, nll, &err) < 0) {
 			fprintf(stderr, "bench_forward: %s\n", err.msg);
@@ -255,62 +271,96 @@ int main(int argc, char **argv)
 	}
 	struct lora_merge_params mp = lora_merge_default_params();
 	mp.method = LORA_MERGE_LORAHUB;
-	/* Interleaved with the plain forward, best of each, as above: the
-	 * default path (deltas unmerged) and the folded one (LORA_LINEAR_FOLD=1:
+	/* Paired runs, sandwiched: base, candidate, base, candidate, ..., base.
+	 * Each candidate is compared with the mean of the plain forwards just
+	 * before and after it, which cancels a load that drifts linearly over
+	 * the ~2 s of the three; the median and the quartiles of NCAND such
+	 * pairs are reported (a noisy 2-core host gives a few wild pairs, which
+	 * the median ignores). Two in three candidates run the default path
+	 * (deltas unmerged), one in three the folded one (LORA_LINEAR_FOLD=1:
 	 * deltas folded into a scratch copy of the weight for this prompt-sized
-	 * batch; read at attach time). Wall time and process CPU time (both threads):
-	 * on a shared host the CPU time is the steadier of the two. */
-	enum { BASE, FOLD, UNMERGED, REPS = 7 };
-	double best_merge = 1e30, best[3] = {1e30, 1e30, 1e30}, cpu[3] = {1e30, 1e30, 1e30};
-	double pw[2][REPS], pc[2][REPS];	/* per rep: (candidate - base) / base */
-	double pf[2][REPS];			/* the same for the forward alone */
-	for (int rep = 0; rep < REPS; rep++) {
-		double tw[3], tc[3], tf[3];
-		for (int k = BASE; k <= UNMERGED; k++) {
-			struct lora_adapter merged = {0};
-			double t0 = bench_now(), c0 = bench_cpu_now();
-			setenv("LORA_LINEAR_FOLD", k == UNMERGED ? "0" : "1", 1);
-			if (k == BASE)
-				lora_model_set_adapter(m, NULL, NULL);
-			else if (lora_merge(pp, POOL, w, &mp, &merged, NULL, &err) < 0 ||
-				 lora_model_set_adapter(m, &merged, &err) < 0) {
+	 * batch; read at attach time). Wall time and process CPU time (both
+	 * threads) are recorded; the forward part excludes merge + attach. */
+	enum { NCAND = 15, NU = NCAND - NCAND / 3, NF = NCAND / 3 };
+	double bw[NCAND + 1], bc[NCAND + 1];	/* the plain forwards: wall, CPU */
+	double cw[NCAND], cc[NCAND], cf[NCAND], cm[NCAND], ca[NCAND];
+	bool folded[NCAND];
+	double best_base = 1e30, best_u = 1e30, best_f = 1e30;
+	for (int k = 0; k <= 2 * NCAND; k++) {
+		int i = k / 2;
+		bool cand = k % 2;
+		struct lora_adapter merged = {0};
+		if (cand)
+			folded[i] = i % 3 == 2;
+		setenv("LORA_LINEAR_FOLD", cand && folded[i] ? "1" : "0", 1);
+		double t0 = bench_now(), c0 = bench_cpu_now(), t1 = t0, ta = t0;
+		if (!cand) {
+			lora_model_set_adapter(m, NULL, NULL);
+		} else {
+			if (lora_merge(pp, POOL, w, &mp, &merged, NULL, &err) < 0) {
 				fprintf(stderr, "bench_forward: %s\n", err.msg);
 				return 1;
 			}
-			double t1 = bench_now();
-			if (lora_model_nll(m, seqs, NSEQ, nll, &err) < 0) {
+			ta = bench_now();
+			if (lora_model_set_adapter(m, &merged, &err) < 0) {
 				fprintf(stderr, "bench_forward: %s\n", err.msg);
 				return 1;
 			}
-			double t2 = bench_now(), c2 = bench_cpu_now();
-			lora_adapter_free(&merged);
-			if (k != BASE)
-				best_merge = t1 - t0 < best_merge ? t1 - t0 : best_merge;
-			tw[k] = t2 - t0;
-			tc[k] = c2 - c0;
-			tf[k] = t2 - t1;
-			best[k] = tw[k] < best[k] ? tw[k] : best[k];
-			cpu[k] = tc[k] < cpu[k] ? tc[k] : cpu[k];
+			t1 = bench_now();
 		}
-		for (int k = 0; k < 2; k++) {
-			pw[k][rep] = (tw[FOLD + k] - tw[BASE]) / tw[BASE];
-			pc[k][rep] = (tc[FOLD + k] - tc[BASE]) / tc[BASE];
-			pf[k][rep] = (tf[FOLD + k] - tf[BASE]) / tf[BASE];
+		if (lora_model_nll(m, seqs, NSEQ, nll, &err) < 0) {
+			fprintf(stderr, "bench_forward: %s\n", err.msg);
+			return 1;
+		}
+		double t2 = bench_now(), c2 = bench_cpu_now();
+		lora_adapter_free(&merged);
+		if (!cand) {
+			bw[i] = t2 - t0;
+			bc[i] = c2 - c0;
+			best_base = bw[i] < best_base ? bw[i] : best_base;
+		} else {
+			cw[i] = t2 - t0;
+			cc[i] = c2 - c0;
+			cf[i] = t2 - t1;
+			cm[i] = ta - t0;
+			ca[i] = t1 - ta;
+			double *b = folded[i] ? &best_f : &best_u;
+			*b = cw[i] < *b ? cw[i] : *b;
 		}
 	}
 	unsetenv("LORA_LINEAR_FOLD");
 	lora_model_set_adapter(m, NULL, NULL);
-	fwd = best[BASE] < fwd ? best[BASE] : fwd;
-	printf("bench_forward: new candidate in a pool of %d (r %d, q/v): merge+attach %.2f ms, "
-	       "total %.3f s vs forward alone %.3f s: overhead %.1f%% (target <= 2%%)\n",
-	       POOL, R, best_merge * 1e3, best[UNMERGED], fwd, 100 * (best[UNMERGED] - fwd) / fwd);
-	printf("bench_forward: same, median of %d paired runs (candidate right after the plain "
-	       "forward): unmerged %.1f%% wall (forward part %.1f%%), %.1f%% CPU; folded "
-	       "(LORA_LINEAR_FOLD=1) %.1f%% wall (forward part %.1f%%), %.1f%% CPU; best-of folded "
-	       "%.1f%%\n",
-	       REPS, 100 * median(pw[1], REPS), 100 * median(pf[1], REPS), 100 * median(pc[1], REPS),
-	       100 * median(pw[0], REPS), 100 * median(pf[0], REPS), 100 * median(pc[0], REPS),
-	       100 * (best[FOLD] - fwd) / fwd);
+	/* per pair: (candidate - mean of its two plain forwards) / that mean */
+	double ow[2][NCAND], oc[2][NCAND], of[2][NCAND], mm[NCAND], ma[NCAND];
+	int no[2] = {0, 0};
+	for (int i = 0; i < NCAND; i++) {
+		int g = folded[i];
+		double b = 0.5 * (bw[i] + bw[i + 1]), c = 0.5 * (bc[i] + bc[i + 1]);
+		ow[g][no[g]] = 100 * (cw[i] - b) / b;
+		oc[g][no[g]] = 100 * (cc[i] - c) / c;
+		of[g][no[g]++] = 100 * (cf[i] - b) / b;
+		mm[i] = cm[i] * 1e3;
+		ma[i] = ca[i] * 1e3;
+	}
+	fwd = best_base < fwd ? best_base : fwd;
+	struct q3 uw = quartiles(ow[0], NU), uf = quartiles(of[0], NU), uc = quartiles(oc[0], NU);
+	struct q3 fw = quartiles(ow[1], NF), ff = quartiles(of[1], NF), fc = quartiles(oc[1], NF);
+	struct q3 qm = quartiles(mm, NCAND), qa = quartiles(ma, NCAND);
+	printf("bench_forward: new candidate in a pool of %d (r %d, q/v), unmerged (the default): "
+	       "median of %d sandwiched pairs %.1f%% wall (quartiles %.1f..%.1f%%, range %.1f..%.1f%%), "
+	       "forward part %.1f%% (%.1f..%.1f%%), %.1f%% CPU (%.1f..%.1f%%) (target <= 2%%)\n",
+	       POOL, R, NU, uw.med, uw.lo, uw.hi, uw.min, uw.max, uf.med, uf.lo, uf.hi, uc.med, uc.lo,
+	       uc.hi);
+	printf("bench_forward: same, folded (LORA_LINEAR_FOLD=1): median of %d pairs %.1f%% wall "
+	       "(quartiles %.1f..%.1f%%), forward part %.1f%% (%.1f..%.1f%%), %.1f%% CPU "
+	       "(%.1f..%.1f%%)\n",
+	       NF, fw.med, fw.lo, fw.hi, ff.med, ff.lo, ff.hi, fc.med, fc.lo, fc.hi);
+	printf("bench_forward: merge %.2f ms (quartiles %.2f..%.2f) + attach %.2f ms (%.2f..%.2f) "
+	       "of a %.3f s forward (%.2f%%); best-of: forward %.3f s, candidate unmerged %.3f s "
+	       "(%.1f%%), folded %.3f s (%.1f%%)\n",
+	       qm.med, qm.lo, qm.hi, qa.med, qa.lo, qa.hi, fwd, 100 * (qm.med + qa.med) * 1e-3 / fwd,
+	       best_base, best_u, 100 * (best_u - best_base) / best_base, best_f,
+	       100 * (best_f - best_base) / best_base);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	double wb = (double)lora_model_info(m)->weight_bytes;

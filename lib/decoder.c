@@ -13,23 +13,64 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static struct lora_decoder *state(struct lora_model *m)
 {
 	return lora_model_core(m)->arch_state;
 }
 
-void *lora_decoder_acts(size_t head, size_t n, float **slab, int T, struct lora_err *err)
+/* Blocks at least this large are 2 MB-aligned and advised as transparent
+ * huge pages (THP is often "madvise" only): the activations of a
+ * prompt-sized batch are tens of MB, streamed through by every layer, and 2 MB
+ * pages spare the TLB misses (and, on first use, the faults) of 4 KB ones. */
+enum { HUGE_MIN = 4 << 20, HUGE_ALIGN = 2 << 20 };
+
+/* Make buf hold at least bytes (contents not kept); 0 or LORA_ENOMEM. */
+static int buf_grow(struct lora_decoder_buf *buf, size_t bytes)
+{
+	if (bytes <= buf->cap && buf->p)
+		return 0;
+	free(buf->p);
+	buf->p = NULL;
+	buf->cap = 0;
+	void *p = NULL;
+	if (bytes >= HUGE_MIN) {
+		size_t n = (bytes + HUGE_ALIGN - 1) / HUGE_ALIGN * HUGE_ALIGN;
+		if (n < bytes || posix_memalign(&p, HUGE_ALIGN, n) != 0)
+			return LORA_ENOMEM;
+		bytes = n;
+#ifdef MADV_HUGEPAGE
+		(void)madvise(p, n, MADV_HUGEPAGE);	/* advice only: 4 KB pages work too */
+#endif
+	} else if (!(p = malloc(bytes ? bytes : 1))) {
+		return LORA_ENOMEM;
+	}
+	buf->p = p;
+	buf->cap = bytes;
+	return 0;
+}
+
+void lora_decoder_release(struct lora_decoder *d)
+{
+	for (size_t i = 0; i < sizeof d->keep / sizeof d->keep[0]; i++) {
+		free(d->keep[i].p);
+		d->keep[i].p = NULL;
+		d->keep[i].cap = 0;
+	}
+}
+
+void *lora_decoder_acts(size_t head, size_t n, float **slab, int T, struct lora_decoder_buf *buf,
+			struct lora_err *err)
 {
 	size_t off = (head + 63) / 64 * 64, bytes;
-	char *b = NULL;
 	if (n == SIZE_MAX || lora_size_mul(n, sizeof(float), &bytes) < 0 ||
-	    lora_size_add(bytes, off, &bytes) < 0 || !(b = malloc(bytes))) {
+	    lora_size_add(bytes, off, &bytes) < 0 || buf_grow(buf, bytes) < 0) {
 		lora_errf(err, LORA_ENOMEM, "out of memory for activations of %d tokens", T);
 		return NULL;
 	}
-	*slab = (float *)(b + off);
-	return b;
+	*slab = (float *)((char *)buf->p + off);
+	return buf->p;
 }
 
 /* The largest rank of the current adapter's deltas (at least 1). */
@@ -48,7 +89,7 @@ static int max_rank(const struct lora_model *m, const struct lora_decoder *d)
 /* Final norm of the listed rows of x, then head rows -> logits [n, V], in
  * chunks of rows so that a large vocabulary needs no [T, V] buffer when the
  * caller only wants NLL (nll != NULL: one value per row; logits unused). */
-static int head_rows(const struct lora_decoder *d, const float *x, const int *rows, int n,
+static int head_rows(struct lora_decoder *d, const float *x, const int *rows, int n,
 		     const int32_t *targets, float *nll, float *logits, struct lora_err *err)
 {
 	int C = d->C, V = d->V, chunk = n;
@@ -57,13 +98,11 @@ static int head_rows(const struct lora_decoder *d, const float *x, const int *ro
 		chunk = chunk < 16 ? 16 : chunk;
 		chunk = chunk > n ? n : chunk;
 	}
-	float *h = malloc((size_t)chunk * C * sizeof *h);
-	float *lg = nll ? malloc((size_t)chunk * V * sizeof *lg) : NULL;
-	if (!h || (nll && !lg)) {
-		free(h);
-		free(lg);
+	/* h [chunk, C] then, for nll, lg [chunk, V], in the kept block */
+	size_t nh = (size_t)chunk * C, nl = nll ? (size_t)chunk * V : 0;
+	if (buf_grow(&d->keep[2], (nh + nl) * sizeof(float)) < 0)
 		return lora_errf(err, LORA_ENOMEM, "out of memory for logits");
-	}
+	float *h = d->keep[2].p, *lg = nll ? h + nh : NULL;
 	for (int r0 = 0; r0 < n; r0 += chunk) {
 		int c = n - r0 < chunk ? n - r0 : chunk;
 		for (int i = 0; i < c; i++)
@@ -74,15 +113,13 @@ static int head_rows(const struct lora_decoder *d, const float *x, const int *ro
 			for (int i = 0; i < c; i++)
 				nll[r0 + i] = lora_nll_row(lg + (size_t)i * V, V, targets[r0 + i]);
 	}
-	free(h);
-	free(lg);
 	return 0;
 }
 
 int lora_decoder_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, float *nll,
 		     struct lora_err *err)
 {
-	const struct lora_decoder *d = state(m);
+	struct lora_decoder *d = state(m);
 	size_t T = 0, NT = 0;
 	int maxlen = 1;
 	for (size_t k = 0; k < n; k++) {
@@ -124,14 +161,13 @@ int lora_decoder_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n
 		}
 		off += len;
 	}
-	if (!(A = d->ops->acts_new(d, max_rank(m, d), (int)T, maxlen, maxlen, err))) {
+	if (!(A = d->ops->acts_new(d, max_rank(m, d), (int)T, maxlen, maxlen, &d->keep[0], err))) {
 		rc = LORA_ENOMEM;
 		goto out;
 	}
 	const float *x = d->ops->forward(m, d, ids, (int)T, segs, (int)n, NULL, A);
 	rc = head_rows(d, x, rows, (int)NT, tg, nll, NULL, err);
 out:
-	free(A);
 	free(ids);
 	free(tg);
 	free(rows);
@@ -142,7 +178,7 @@ out:
 int lora_decoder_logits(struct lora_model *m, const struct lora_seq *seq, float **logits,
 			size_t *nrows, struct lora_err *err)
 {
-	const struct lora_decoder *d = state(m);
+	struct lora_decoder *d = state(m);
 	*logits = NULL;
 	*nrows = 0;
 	size_t T = seq->n_input + seq->n_target;
@@ -162,7 +198,7 @@ int lora_decoder_logits(struct lora_model *m, const struct lora_seq *seq, float 
 	for (size_t i = 0; i < T; i++)
 		rows[i] = (int)i;
 	struct lora_decoder_seg sg = {0, (int)T, 0};
-	if (!(A = d->ops->acts_new(d, max_rank(m, d), (int)T, (int)T, (int)T, err))) {
+	if (!(A = d->ops->acts_new(d, max_rank(m, d), (int)T, (int)T, (int)T, &d->keep[0], err))) {
 		rc = LORA_ENOMEM;
 		goto out;
 	}
@@ -173,7 +209,6 @@ int lora_decoder_logits(struct lora_model *m, const struct lora_seq *seq, float 
 	*nrows = T;
 	out = NULL;
 out:
-	free(A);
 	free(ids);
 	free(rows);
 	free(out);
@@ -193,7 +228,7 @@ static void cache_free(struct lora_decoder_cache *c, int L)
 int lora_decoder_generate(struct lora_model *m, const int32_t *input, size_t n_input,
 			  size_t max_new, int32_t *out, size_t *n_out, struct lora_err *err)
 {
-	const struct lora_decoder *d = state(m);
+	struct lora_decoder *d = state(m);
 	*n_out = 0;
 	if (n_input == 0)
 		return lora_errf(err, LORA_EINVAL, "generation needs at least one input token");
@@ -219,8 +254,8 @@ int lora_decoder_generate(struct lora_model *m, const int32_t *input, size_t n_i
 		rc = lora_errf(err, LORA_ENOMEM, "out of memory for a KV cache of %zu tokens", cap);
 		goto out;
 	}
-	if (!(A = d->ops->acts_new(d, R, (int)n_input, (int)n_input, (int)n_input, err)) ||
-	    !(A1 = d->ops->acts_new(d, R, 1, 1, (int)cap, err))) {
+	if (!(A = d->ops->acts_new(d, R, (int)n_input, (int)n_input, (int)n_input, &d->keep[0], err)) ||
+	    !(A1 = d->ops->acts_new(d, R, 1, 1, (int)cap, &d->keep[1], err))) {
 		rc = LORA_ENOMEM;
 		goto out;
 	}
@@ -242,8 +277,6 @@ int lora_decoder_generate(struct lora_model *m, const int32_t *input, size_t n_i
 			goto out;
 	}
 out:
-	free(A);
-	free(A1);
 	cache_free(&c, d->L);
 	free(lg);
 	return rc;

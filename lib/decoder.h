@@ -10,6 +10,12 @@
  * struct lora_decoder_ops: activations, the blocks over a packed batch and
  * the final norm.
  *
+ * Memory: the activations and the head's rows live in blocks the decoder
+ * keeps between calls (struct lora_decoder_buf, the largest size asked for
+ * so far, 2 MB-aligned and advised as huge pages when large), so a served
+ * model's repeated nll calls allocate and page-fault nothing;
+ * lora_decoder_release frees them (the architecture's free calls it).
+ *
  * An architecture's state (core->arch_state) must begin with a
  * struct lora_decoder, filled by its load; lora_decoder_nll, _logits and
  * _generate then serve directly as its lora_arch entries.
@@ -33,16 +39,24 @@ struct lora_decoder_cache {
 
 struct lora_decoder;
 
+/* A block kept between calls: grown by lora_decoder_acts / the driver (its
+ * contents are not kept across a growth), freed by lora_decoder_release. */
+struct lora_decoder_buf {
+	void *p;
+	size_t cap;	/* bytes */
+};
+
 struct lora_decoder_ops {
 	/* 0, or an error naming sequence k + 1 when len tokens do not fit. */
 	int (*check_len)(const struct lora_decoder *d, size_t len, size_t k, struct lora_err *err);
 	/* The name of adaptable weight i, 0 <= i < n_lin (for the largest rank). */
 	const char *(*lin_name)(const struct lora_decoder *d, int i);
 	/* Activations for T packed tokens (LoRA rank up to R), segments of at most
-	 * maxlen tokens attending to at most maxkeys keys: one block from
-	 * lora_decoder_acts, freed with free(); NULL with a LORA_ENOMEM message. */
+	 * maxlen tokens attending to at most maxkeys keys: laid out by
+	 * lora_decoder_acts in buf (owned by the driver, never freed by the
+	 * caller); NULL with a LORA_ENOMEM message. */
 	void *(*acts_new)(const struct lora_decoder *d, int R, int T, int maxlen, int maxkeys,
-			  struct lora_err *err);
+			  struct lora_decoder_buf *buf, struct lora_err *err);
 	/* The blocks over T packed tokens ids in nseg segments; returns the final
 	 * residual stream [T, C] (before the last norm), a view into acts. With a
 	 * cache (one segment), K/V rows go to cache rows pos0.. and attention
@@ -61,13 +75,22 @@ struct lora_decoder {
 	int kv_dim;		/* floats per token and layer in the KV cache */
 	int max_pos;		/* learned positions end here: generation stops (0: no limit) */
 	const float *head;	/* [V, C] lm_head, or the tied embedding */
+	/* kept between calls (zeroed by the architecture's load, freed by
+	 * lora_decoder_release): activations of a batch or prompt, of a
+	 * generation step, and the head's normed rows and logits */
+	struct lora_decoder_buf keep[3];
 };
 
-/* One allocation for an architecture's activations: a header of head bytes
- * (its struct of views), then n floats at *slab (a multiple of 64 bytes into the
- * block). Pass n = SIZE_MAX when computing it overflowed. Returns the block,
- * freed with free(), or NULL with a message naming the T tokens. */
-void *lora_decoder_acts(size_t head, size_t n, float **slab, int T, struct lora_err *err);
+/* The block for an architecture's activations: a header of head bytes (its
+ * struct of views), then n floats at *slab (a multiple of 64 bytes into the
+ * block), in buf, grown when too small (contents not kept). Pass n =
+ * SIZE_MAX when computing it overflowed. Returns the block, owned by buf, or
+ * NULL with a message naming the T tokens. */
+void *lora_decoder_acts(size_t head, size_t n, float **slab, int T, struct lora_decoder_buf *buf,
+			struct lora_err *err);
+
+/* Free the blocks the decoder keeps (d->keep); d stays usable. */
+void lora_decoder_release(struct lora_decoder *d);
 
 /* The lora_arch entries of a decoder-only model (see arch.h). */
 int lora_decoder_nll(struct lora_model *m, const struct lora_seq *seqs, size_t n, float *nll,

@@ -68,6 +68,7 @@ static void gpt2_free(struct lora_model *m)
 			for (int j = 0; j < NLIN; j++)
 				free(p->layers[l].name[j]);
 	free(p->layers);
+	lora_decoder_release(&p->dec);
 	free(p);
 	core->arch_state = NULL;
 }
@@ -184,7 +185,7 @@ static const char *lin_name(const struct lora_decoder *d, int i)
 }
 
 static void *acts_new(const struct lora_decoder *d, int R, int T, int maxlen, int maxkeys,
-		      struct lora_err *err)
+		      struct lora_decoder_buf *buf, struct lora_err *err)
 {
 	const struct gpt2 *p = (const struct gpt2 *)d;
 	size_t per_t = 6 * (size_t)p->C + (size_t)p->F + (size_t)R, n, sn, s_stride;
@@ -194,7 +195,7 @@ static void *acts_new(const struct lora_decoder *d, int R, int T, int maxlen, in
 	    lora_size_add(n, sn, &n) < 0)
 		n = SIZE_MAX;
 	float *f;
-	struct acts *A = lora_decoder_acts(sizeof *A, n, &f, T, err);
+	struct acts *A = lora_decoder_acts(sizeof *A, n, &f, T, buf, err);
 	if (!A)
 		return NULL;
 	A->s_stride = s_stride;

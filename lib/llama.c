@@ -149,6 +149,7 @@ static void llama_free(struct lora_model *m)
 				free(p->layers[l].name[j]);
 	free(p->layers);
 	free(p->inv_freq);
+	lora_decoder_release(&p->dec);
 	free(p);
 	core->arch_state = NULL;
 }
@@ -270,7 +271,7 @@ static const char *lin_name(const struct lora_decoder *d, int i)
 }
 
 static void *acts_new(const struct lora_decoder *d, int R, int T, int maxlen, int maxkeys,
-		      struct lora_err *err)
+		      struct lora_decoder_buf *buf, struct lora_err *err)
 {
 	const struct llama *p = (const struct llama *)d;
 	size_t QD = (size_t)p->NH * p->HS, KD = (size_t)p->NKV * p->HS;
@@ -283,7 +284,7 @@ static void *acts_new(const struct lora_decoder *d, int R, int T, int maxlen, in
 	    lora_size_add(n, (size_t)maxlen * p->HS, &n) < 0)
 		n = SIZE_MAX;
 	float *f;
-	struct acts *A = lora_decoder_acts(sizeof *A, n, &f, T, err);
+	struct acts *A = lora_decoder_acts(sizeof *A, n, &f, T, buf, err);
 	if (!A)
 		return NULL;
 	A->s_stride = rows * (size_t)maxkeys;

@@ -115,10 +115,12 @@ static void check_shape(int in, int out, bool w_trans, bool with_bias, int nd)
 	struct deltas ds;
 	make_deltas(&ds, nd, in, out);
 	int cross = (int)((double)in * out / (in + out));
-	int Ts[4] = {1, cross > 1 ? cross : 2, cross + 1, 3 * cross + 5};
+	/* the last: three row blocks of the unmerged delta (linear.c's
+	 * DELTA_BLK, 128), the third ragged */
+	int Ts[5] = {1, cross > 1 ? cross : 2, cross + 1, 3 * cross + 5, 2 * 128 + 37};
 	double e_lin = 0, e_unm = 0, e_fold = 0, e_w = 0;
 	int folded = 0, untouched = 1;
-	for (int ti = 0; ti < 4; ti++) {
+	for (int ti = 0; ti < 5; ti++) {
 		int T = Ts[ti];
 		size_t n = (size_t)T * out;
 		float *x = rnd((size_t)T * in, 1), *y0 = rnd(n, 1);
@@ -178,7 +180,7 @@ static void check_shape(int in, int out, bool w_trans, bool with_bias, int nd)
 	      "in %d out %d %s%s, %d deltas, T %d..%d, beta 0/1: max diff of max(1, |ref|): "
 	      "lora_linear %.2g, unmerged %.2g, with fold buffer %.2g (%d calls folded), "
 	      "W + sBA %.2g (tol %.2g)%s",
-	      in, out, w_trans ? "[out,in]" : "[in,out]", bias ? " +bias" : "", nd, Ts[0], Ts[3],
+	      in, out, w_trans ? "[out,in]" : "[in,out]", bias ? " +bias" : "", nd, Ts[0], Ts[3] > Ts[4] ? Ts[3] : Ts[4],
 	      e_lin, e_unm, e_fold, folded, e_w, TOL,
 	      untouched ? "" : "; the fold buffer was written when folding does not pay");
 	free_deltas(&ds, nd);

@@ -537,6 +537,78 @@ static void test_lorahub(void)
 		free_adapter(&h[i]);
 }
 
+/* The lorahub merge looks a module up in each adapter at the position it has
+ * in the first one (a pool usually lists modules in one order): adapters
+ * listing the same modules in other orders, or lacking some, must merge to
+ * bit-identical factors, in first-seen module order. */
+static void test_lorahub_order(void)
+{
+	struct spec a0[] = { { "l0.q", 7, 5, 2, 4, LORA_F32 }, { "l0.v", 3, 5, 2, 2, LORA_F32 },
+			     { "l1.q", 7, 5, 2, 4, LORA_F32 } };
+	struct spec a1[] = { { "l0.q", 7, 5, 2, 8, LORA_F16 }, { "l0.v", 3, 5, 2, 2, LORA_F32 },
+			     { "l1.q", 7, 5, 2, 1, LORA_F32 } };
+	struct lora_adapter same[2], perm[2];
+	uint64_t seed = rng_state;
+	make_adapter(&same[0], "x0", false, a0, 3);
+	make_adapter(&same[1], "x1", false, a1, 3);
+	rng_state = seed;
+	make_adapter(&perm[0], "x0", false, a0, 3);
+	make_adapter(&perm[1], "x1", false, a1, 3);
+	/* perm[1]: the same modules listed l1.q, l0.q, l0.v */
+	struct lora_module t = perm[1].modules[2];
+	perm[1].modules[2] = perm[1].modules[1];
+	perm[1].modules[1] = perm[1].modules[0];
+	perm[1].modules[0] = t;
+	const struct lora_adapter *sp[2] = { &same[0], &same[1] }, *qp[2] = { &perm[0], &perm[1] };
+	const struct lora_adapter *rp[2] = { &perm[1], &perm[0] };
+	double w[2] = { 0.7, -0.4 }, wr[2] = { -0.4, 0.7 };
+	struct lora_merge_params p = lora_merge_default_params();
+	p.method = LORA_MERGE_LORAHUB;
+	struct lora_err err = { 0 };
+	struct lora_adapter o1, o2, o3;
+	int rc1 = lora_merge(sp, 2, w, &p, &o1, NULL, &err);
+	int rc2 = lora_merge(qp, 2, w, &p, &o2, NULL, &err);
+	int rc3 = lora_merge(rp, 2, wr, &p, &o3, NULL, &err);
+	if (check(rc1 == 0 && rc2 == 0 && rc3 == 0, "lorahub merges of reordered modules run (%s)",
+		  err.msg)) {
+		bool same_bits = o1.n_modules == 3 && o2.n_modules == 3;
+		for (size_t k = 0; same_bits && k < 3; k++) {
+			const struct lora_module *m1 = &o1.modules[k], *m2 = &o2.modules[k];
+			same_bits = !strcmp(m1->module, m2->module) && m1->a.nbytes == m2->a.nbytes &&
+				    m1->b.nbytes == m2->b.nbytes &&
+				    !memcmp(m1->a.data, m2->a.data, m1->a.nbytes) &&
+				    !memcmp(m1->b.data, m2->b.data, m1->b.nbytes);
+		}
+		check(same_bits, "lorahub: a member listing its modules in another order merges "
+				 "bit-identically");
+		/* led by the reordered adapter: its order, different contributor
+		 * order (so only close, not bit-identical) */
+		check(o3.n_modules == 3 && !strcmp(o3.modules[0].module, "l1.q") &&
+			      !strcmp(o3.modules[1].module, "l0.q") &&
+			      !strcmp(o3.modules[2].module, "l0.v"),
+		      "lorahub: result modules in first-seen order");
+		for (size_t k = 0; k < 3 && o3.n_modules == 3; k++) {
+			const struct lora_module *m3 = &o3.modules[k], *m1 = find(&o1, m3->module);
+			double *g = product(m3), *want = product(m1);
+			char what[64];
+			snprintf(what, sizeof what, "lorahub reordered pool, module %s", m3->module);
+			compare(g, want, (size_t)(m3->b.shape[0] * m3->a.shape[1]), 1e-6, what);
+			free(g);
+			free(want);
+		}
+	}
+	if (!rc1)
+		free_adapter(&o1);
+	if (!rc2)
+		free_adapter(&o2);
+	if (!rc3)
+		free_adapter(&o3);
+	for (int i = 0; i < 2; i++) {
+		free_adapter(&same[i]);
+		free_adapter(&perm[i]);
+	}
+}
+
 static void test_dense(void)
 {
 	struct {
@@ -741,6 +813,7 @@ int main(void)
 	test_linear();
 	test_svd();
 	test_lorahub();
+	test_lorahub_order();
 	test_dense();
 	test_dare_order();
 	test_errors();
