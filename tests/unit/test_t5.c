@@ -242,6 +242,49 @@ static void check_run(struct lora_model *m, const char *model, const char *run)
 	lora_doc_free(d);
 }
 
+/* lib/t5.c runs a packed encoder call of at least 128 rows per worker in
+ * row phases (each worker takes a slice of the token rows through norm,
+ * products and activation) and shorter calls step by step (products split
+ * by weight rows): with the run's adapter attached, a 100-token input scored
+ * alone (step path) and packed after a 300-token one (row phases) must agree
+ * to float rounding. */
+static void check_row_phases(struct lora_model *m, const char *model, const char *run)
+{
+	char rel[512];
+	snprintf(rel, sizeof rel, "golden/eval/%s/%s.json", model, run);
+	const char *path = check_shared(rel);
+	if (!path) {
+		check_skip("%s/%s row phases (no %s)", model, run, rel);
+		return;
+	}
+	struct lora_err err = { 0 };
+	struct lora_doc *d = NULL;
+	if (!check(lora_doc_parse_file(path, &d, &err) == 0, "%s/%s: parse %s", model, run, err.msg))
+		return;
+	struct lora_adapter ad;
+	int V = lora_model_info(m)->vocab;
+	static int32_t in[400];
+	int32_t tg[5] = { 5, 9, 3, 12, 1 };
+	for (int i = 0; i < 400; i++)
+		in[i] = 2 + (i * 7 + i / 11) % (V - 2);
+	in[299] = in[399] = 1;
+	struct lora_seq both[2] = { { in, 300, tg, 5 }, { in + 300, 100, tg, 5 } };
+	float packed[10], alone[5];
+	if (check(attach(m, d, &ad, &err) == 0 && V > 13, "%s/%s: attach adapter %s", model, run,
+		  err.msg) &&
+	    check(lora_model_nll(m, both, 2, packed, &err) == 0 &&
+		  lora_model_nll(m, &both[1], 1, alone, &err) == 0, "%s/%s: nll %s", model, run,
+		  err.msg)) {
+		char what[256];
+		snprintf(what, sizeof what, "%s/%s: encoder row phases == step-by-step path", model,
+			 run);
+		check_close_f32(packed + 5, alone, 5, 0, 1e-5, what);
+	}
+	lora_model_set_adapter(m, NULL, NULL);
+	lora_adapter_free(&ad);
+	lora_doc_free(d);
+}
+
 static void check_model(const char *model)
 {
 	char rel[256];
@@ -262,6 +305,8 @@ static void check_model(const char *model)
 			       "lorahub_wB" };
 	for (size_t i = 0; i < sizeof runs / sizeof *runs; i++)
 		check_run(m, model, runs[i]);
+	check_row_phases(m, model, "extra_r8_qkvo");
+	check_row_phases(m, model, "extra_r2_ffn_rslora");
 	lora_model_close(m);
 }
 
