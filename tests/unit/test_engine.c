@@ -315,6 +315,13 @@ static void check_generated(const char *gen, const char *name)
 	int rc = lora_model_generate(m, seqs[0].input, seqs[0].n_input, 6, out, &nout, &err);
 	check(rc == 0 && nout == nw && memcmp(out, gw, nw * sizeof *out) == 0,
 	      "%s: greedy generation (KV cache) equals the full-forward reference", name);
+	/* the activation buffers are kept per model and reused by calls of
+	 * other shapes (logits of one sequence, generation): the batch again
+	 * must give the same numbers bit for bit */
+	float *again = calloc(total, sizeof *again);
+	check(lora_model_nll(m, seqs, n, again, &err) == 0 && memcmp(again, nll, total * sizeof *nll) == 0,
+	      "%s: batched nll after logits and generation equals the first call bit for bit", name);
+	free(again);
 	if (strcmp(name, "qwen2") == 0 || strcmp(name, "mistral") == 0 || strcmp(name, "gpt2") == 0)
 		check(lora_model_info(m)->converted_bytes > 0, "%s: f16/bf16 weights converted (%zu bytes)",
 		      name, lora_model_info(m)->converted_bytes);
