@@ -36,6 +36,7 @@
  * bf16-rounded inputs the error is f32 accumulation error only.
  */
 #include "bf16.h"
+#include "cpu.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -75,9 +76,7 @@ bool lora_bf16_supported(void)
 	const char *hook = getenv("LORA_BF16_UNSUPPORTED");
 	if (hook && *hook)
 		return false;
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+	return lora_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 #else
 	return false;
 #endif

@@ -56,6 +56,7 @@
  * Limits: sizes are int, as in BLAS; callers check them.
  */
 #include "ops.h"
+#include "cpu.h"
 
 #include <cblas.h>
 #include <linux/futex.h>
@@ -188,14 +189,11 @@ static inline v8f v_exp(v8f x)
  * race between two first calls stores the same value twice. */
 static int ops_path = -1;
 
+/* lib/cpu.c's test (F, BW, VL, DQ: what OpenBLAS's SkylakeX kernels need;
+ * the 16-lane path needs only F, and every CPU with F has the others). */
 static bool cpu_avx512f(void)
 {
-#if OPS_X86
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx512f");
-#else
-	return false;
-#endif
+	return lora_cpu_has_avx512();
 }
 
 static int ops_path_init(void)
