@@ -407,12 +407,7 @@ static void ew_unit(void *ctx, int u, int worker)
 /* Run one row-chunked step over T rows. */
 static void ew_rows(struct ew_job *j)
 {
-	int nu = 1;
-	if (j->T >= EW_MIN_T) {
-		nu = 4 * lora_parallel_workers();
-		nu = nu > j->T ? j->T : nu;
-	}
-	j->rows = (j->T + nu - 1) / nu;
+	j->rows = lora_rows_per_unit(j->T, EW_MIN_T);
 	lora_parallel_for((j->T + j->rows - 1) / j->rows, ew_unit, j);
 }
 

@@ -576,6 +576,17 @@ static void pool_start(void)
 	pthread_mutex_unlock(&pool.lock);
 }
 
+int lora_rows_per_unit(int T, int min_T)
+{
+	int nu = 1;
+	if (T >= min_T) {
+		nu = 4 * lora_parallel_workers();
+		nu = nu > T ? T : nu;
+	}
+	int rows = (T + nu - 1) / nu;
+	return rows > 0 ? rows : 1;
+}
+
 int lora_parallel_workers(void)
 {
 	int n = atomic_load_explicit(&pool.nw, memory_order_acquire);

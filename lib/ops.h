@@ -79,6 +79,11 @@ float lora_nll_row(const float *logits, int V, int target);
 void lora_gelu_tanh(float *x, size_t n);
 void lora_silu(float *x, size_t n);
 void lora_relu(float *x, size_t n);
+/* Rows per unit for T rows of row-local work on the pool: about four units
+ * per worker (for balance), or all T rows in one unit when T < min_T (not
+ * worth waking the workers). At least 1. */
+int lora_rows_per_unit(int T, int min_T);
+
 /* Index of the largest value (first on ties). */
 int lora_argmax(const float *x, int n);
 

@@ -748,13 +748,8 @@ static void rows_unit(void *ctx, int u, int worker)
 /* Run one row-chunked step over j->T rows (a few units per worker). */
 static void rows_run(struct rows_job *j)
 {
-	int nu = 1;
-	if (j->T >= ROWS_MIN_T) {
-		nu = 4 * lora_parallel_workers();
-		nu = nu > j->T ? j->T : nu;
-	}
-	j->rows = (j->T + nu - 1) / nu;
-	nu = (j->T + j->rows - 1) / j->rows;
+	j->rows = lora_rows_per_unit(j->T, ROWS_MIN_T);
+	int nu = (j->T + j->rows - 1) / j->rows;
 	if (nu <= 1) {
 		rows_unit(j, 0, 0);
 		return;

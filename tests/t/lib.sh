@@ -23,6 +23,11 @@ TOP=$(cd "$(dirname "$0")/../.." && pwd)
 case "$LORA_BUILD" in /*) ;; *) LORA_BUILD="$TOP/$LORA_BUILD" ;; esac
 PATH="$LORA_BUILD/bin:$PATH"
 export PATH
+# The Python with numpy (Debian's, when PATH has another first) and the
+# tests' Python helper (safetensors writer, score checks) run with it.
+PY=python3
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+LORAPY="$PY $TOP/tests/t/lorapy.py"
 test_count=0 test_passed=0 test_failed=0 test_skipped=0
 
 test_expect_success() {

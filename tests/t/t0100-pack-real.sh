@@ -2,8 +2,7 @@
 # t0100 — lora-pack on the real GPT-2 PEFT adapters: pack, list, sample,
 # unpack, and get identical tensors and an equivalent config back.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-ST="$PY $TOP/tests/t/lorapy.py"
+ST=$LORAPY
 REAL="gpt2-lora-quotes gpt2-lora-tigrinya gpt2-medium-lora-shakespeare"
 
 if need_shared gpt2-lora-quotes gpt2-lora-tigrinya gpt2-medium-lora-shakespeare gpt2-lora-emotion; then

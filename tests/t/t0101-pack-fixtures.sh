@@ -3,8 +3,7 @@
 # rank_pattern/alpha_pattern, rslora, f16, bf16 with fan_in_fan_out, the
 # ".lora_A.<adapter>.weight" key form; dtype conversion; unknown keys.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-ST="$PY $TOP/tests/t/lorapy.py"
+ST=$LORAPY
 FX=$TRASH_ROOT/fx
 KINDS="mixed rslora bf16 oldkeys"
 for k in $KINDS; do $ST fixture "$FX/$k" $k || exit 1; done

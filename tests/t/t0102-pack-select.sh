@@ -3,8 +3,7 @@
 # generated adapters: which records survive, determinism, input order, and
 # agreement with an independent implementation of the documented generator.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-ST="$PY $TOP/tests/t/lorapy.py"
+ST=$LORAPY
 FX=$TRASH_ROOT/fx
 for i in 1 2 3 4 5 6; do $ST fixture "$FX/t$i" tiny$i || exit 1; done
 lora-pack "$FX"/t1 "$FX"/t2 "$FX"/t3 "$FX"/t4 "$FX"/t5 "$FX"/t6 > "$FX/six.lora" || exit 1

@@ -1,8 +1,7 @@
 #!/bin/sh
 # t0103 — lora-pack on bad input and bad usage: each message and exit code.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-ST="$PY $TOP/tests/t/lorapy.py"
+ST=$LORAPY
 FX=$TRASH_ROOT/fx
 $ST fixture "$FX/tiny1" tiny1 && $ST fixture "$FX/big" big || exit 1
 lora-pack "$FX/tiny1" > "$FX/one.lora" || exit 1

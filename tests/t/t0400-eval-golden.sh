@@ -6,8 +6,7 @@
 # lora-eval, then one lorapy.py check-scores for all its comparisons; the
 # largest relative difference is printed under the check's line.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/lorapy.py"
+LIB=$LORAPY
 
 if ! need_shared golden stories260K-hf; then
 	test_skip 'lora-eval goldens' 'LORA_SHARED not set'

@@ -2,8 +2,7 @@
 # t0401 — lora-eval: usage errors (exit 2), bad models, examples, adapters and
 # streams (exit 1, message naming the culprit), no partial --predictions file.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/lorapy.py"
+LIB=$LORAPY
 
 test_expect_success '--help lists every option, --version' '
 	lora-eval --help >out &&

@@ -3,8 +3,7 @@
 # record must be answered by its score while stdin is still open (no reading
 # ahead), and the scores must equal those of the same stream from a file.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/lorapy.py"
+LIB=$LORAPY
 
 if ! need_shared golden; then
 	test_skip 'lora-eval coprocess' 'LORA_SHARED not set'

@@ -9,9 +9,7 @@
 # 4.36) are llama-tiny example 1: 80 174 185 484 ...; t5-tiny example 2:
 # 8446 26015 ...; the tests make 185 and 8446 extra eos ids.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-DUMP="$PY $TOP/tests/t/lorapy.py dump"	# a stream as JSON lines
-[ -f "$TOP/tests/t/lorapy.py" ] || DUMP="$PY $TOP/tests/t/t0500-fake.py dump"
+DUMP="$LORAPY dump"	# a stream as JSON lines
 
 if ! need_shared golden; then
 	test_skip 'eos lists' 'LORA_SHARED not set'

@@ -8,8 +8,7 @@
 # the refusal on a CPU without AVX512-BF16, through the documented test hook
 # LORA_BF16_UNSUPPORTED. The value checks skip on such a CPU.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/lorapy.py"
+LIB=$LORAPY
 
 if ! need_shared golden stories260K-hf; then
 	test_skip 'lora-eval --bf16' 'LORA_SHARED not set'

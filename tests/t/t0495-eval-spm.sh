@@ -4,8 +4,7 @@
 # Hugging Face goldens (golden/README.md §3) and the greedy generations the
 # ones lora-eval gives with tokenizer.json.
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-LIB="$PY $TOP/tests/t/lorapy.py"
+LIB=$LORAPY
 
 if ! need_shared golden stories260K-hf golden/models/t5-tiny; then
 	test_skip 'lora-eval with SentencePiece-only tokenizers' 'LORA_SHARED not set'

@@ -5,13 +5,7 @@
 # (the Python helper writes long headers on purpose, so the first pass
 # canonicalises and the second must change nothing).
 . "$(dirname "$0")/lib.sh"
-PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-# the test helpers (tests/t/lorapy.py, or the older lora_st.py / t0500-fake.py)
-if [ -f "$TOP/tests/t/lorapy.py" ]; then
-	MK="$PY $TOP/tests/t/lorapy.py mkstream" DUMP="$PY $TOP/tests/t/lorapy.py dump"
-else
-	MK="$PY $TOP/tests/t/lora_st.py mkstream" DUMP="$PY $TOP/tests/t/t0500-fake.py dump"
-fi
+MK="$LORAPY mkstream" DUMP="$LORAPY dump"
 
 # has_extras DTYPE: the dumped adapter (d.json) kept every tensor-map key
 has_extras() {
